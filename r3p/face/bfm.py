@@ -507,6 +507,7 @@ def apply_pose(verts, euler, trans) -> jax.Array:
 
 def to_camera(verts) -> jax.Array:
   """z_cam = 10 − z (camera on +z looking at the origin), x/y unchanged."""
+  verts = jnp.asarray(verts)
   return verts.at[..., 2].set(CAMERA_DISTANCE - verts[..., 2])
 
 
