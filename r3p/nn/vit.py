@@ -168,12 +168,14 @@ class Block(nnx.Module):
                sr_ratio: int = 1, eps: float = 1e-5, sr_eps: float = 1e-5, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.dtype = dtype
     self.norm1 = LayerNorm(dim, eps=eps, **kw)
     self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, sr_ratio=sr_ratio, sr_eps=sr_eps, rngs=rngs, **kw)
     self.norm2 = LayerNorm(dim, eps=eps, **kw)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, **kw)
 
   def __call__(self, x: Array, h: int, w: int) -> Array:
+    x = x.astype(self.dtype)  # the residual stream runs in the compute dtype
     x = x + self.attn(self.norm1(x), h, w)
     return x + self.mlp(self.norm2(x), h, w)
 
