@@ -58,6 +58,29 @@ def osg_mlp(params: Mapping[str, Array], feat: Array, *, dtype=jnp.float32) -> t
   return y[..., 0:1], rgb
 
 
+def alpha_transmittance(densities: Array, depths: Array) -> tuple[Array, Array]:
+  """Per-interval opacity and exclusive transmittance of MipRayMarcher2: [..., S] -> (alpha, T), each [..., S-1].
+
+  sigma = softplus(mid(s) − 1), alpha = 1 − exp(−sigma·δ), T_i = Π_{j<i} (1 − alpha_j + 1e-10), T_0 = 1
+  (the 1e-10 keeps T from reaching exactly 0, as officially).
+  """
+  deltas = depths[..., 1:] - depths[..., :-1]
+  dens_mid = (densities[..., :-1] + densities[..., 1:]) / 2
+  sigma = softplus(dens_mid - 1)
+  alpha = 1 - jnp.exp(-(sigma * deltas))
+  shifted = jnp.concatenate([jnp.ones_like(alpha[..., :1]), 1 - alpha + TRANSMITTANCE_EPS], axis=-1)
+  return alpha, jnp.cumprod(shifted, axis=-1)[..., :-1]
+
+
+def expected_depth(weighted_depth_sum: Array, weight_total: Array) -> Array:
+  """Σ w·z_mid / Σ w, with the official nan_to_num(nan=inf) for Σ w = 0 (later clamped to the max depth).
+
+  Division through a where() so that rays with zero total weight also get finite (zero) gradients; the
+  forward values equal the official ones."""
+  ok = weight_total > 0
+  return jnp.where(ok, weighted_depth_sum / jnp.where(ok, weight_total, 1.0), jnp.inf)
+
+
 def composite(colors: Array, densities: Array, depths: Array) -> tuple[Array, Array, Array]:
   """MipRayMarcher2.run_forward without the global depth clamp (MODEL.md §2.8). fp32 throughout.
 
@@ -66,26 +89,18 @@ def composite(colors: Array, densities: Array, depths: Array) -> tuple[Array, Ar
     densities: [..., S] raw sigma (before softplus).
     depths: [..., S] sample depths along the ray (world units).
   Returns:
-    rgb [..., C] = Σ w·c_mid, then ×2 − 1; depth [...] = Σ w·z_mid / Σ w with NaN -> +inf (unclamped);
+    rgb [..., C] = Σ w·c_mid, then ×2 − 1; depth [...] = Σ w·z_mid / Σ w, +inf where Σ w = 0 (unclamped);
     weights [..., S-1] per interval.
   """
   colors = colors.astype(jnp.float32)
   densities = densities.astype(jnp.float32)
   depths = depths.astype(jnp.float32)
-  deltas = depths[..., 1:] - depths[..., :-1]
   colors_mid = (colors[..., :-1, :] + colors[..., 1:, :]) / 2
-  dens_mid = (densities[..., :-1] + densities[..., 1:]) / 2
   depths_mid = (depths[..., :-1] + depths[..., 1:]) / 2
-  sigma = softplus(dens_mid - 1)
-  alpha = 1 - jnp.exp(-(sigma * deltas))
-  # Exclusive transmittance, starting at 1; the 1e-10 keeps it from reaching exactly 0 (official).
-  shifted = jnp.concatenate([jnp.ones_like(alpha[..., :1]), 1 - alpha + TRANSMITTANCE_EPS], axis=-1)
-  trans = jnp.cumprod(shifted, axis=-1)[..., :-1]
+  alpha, trans = alpha_transmittance(densities, depths)
   weights = alpha * trans
   rgb = jnp.sum(weights[..., None] * colors_mid, axis=-2)
-  total = jnp.sum(weights, axis=-1)
-  depth = jnp.sum(weights * depths_mid, axis=-1) / total
-  depth = jnp.where(jnp.isnan(depth), jnp.inf, depth)  # official nan_to_num(nan=inf)
+  depth = expected_depth(jnp.sum(weights * depths_mid, axis=-1), jnp.sum(weights, axis=-1))
   return rgb * 2 - 1, depth, weights
 
 

@@ -104,8 +104,7 @@ def _raymarch_kernel(planes_ref, w0_ref, b0_ref, w1_ref, b1_ref, o_ref, d_ref, z
   init = (z0, s0, c0, jnp.ones_like(z0), jnp.zeros_like(c0), zeros, zeros)
   _, _, _, _, acc_rgb, acc_wz, acc_w = jax.lax.fori_loop(1, n_samples, body, init)
   rgb_ref[0] = (acc_rgb * 2 - 1).astype(rgb_ref.dtype)
-  depth = acc_wz / acc_w
-  depth_ref[0] = jnp.where(jnp.isnan(depth), jnp.inf, depth)
+  depth_ref[0] = base.expected_depth(acc_wz, acc_w)
 
 
 @functools.partial(jax.jit, static_argnames=("box_warp", "dtype", "config", "interpret", "debug"))
