@@ -20,7 +20,12 @@ def _random_mesh(seed, nv=60, nf=50, small=False):
     f[:5] = rs.randint(0, 3 * nf, (5, 3))
     return v.astype(np.float32), f.astype(np.int32)
   v = np.stack([rs.uniform(-8, W + 8, nv), rs.uniform(-8, H + 8, nv), rs.uniform(5, 15, nv)], 1)
-  return v.astype(np.float32), rs.randint(0, nv, (nf, 3)).astype(np.int32)
+  # Distinct vertex triples: a duplicated triangle (same vertices, permuted) is an exact depth tie that float32
+  # rounding breaks either way, so "exact ids" would be ill-defined. Exact ties are tested separately.
+  f = rs.randint(0, nv, (4 * nf, 3))
+  _, first = np.unique(np.sort(f, 1), axis=0, return_index=True)
+  f = f[np.sort(first)[:nf]]
+  return v.astype(np.float32), f.astype(np.int32)
 
 
 @pytest.mark.parametrize("seed,small", [(0, False), (1, False), (2, True), (3, True)])
@@ -38,7 +43,7 @@ def test_matches_brute_force(seed, small):
   np.testing.assert_allclose(img, ref, atol=1e-5)  # colours to 1e-5
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(st.integers(0, 10_000))
 def test_property_random_meshes_any_tiling(seed):
   v, f = _random_mesh(seed, nv=30, nf=20)
