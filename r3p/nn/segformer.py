@@ -118,6 +118,7 @@ class Block(nnx.Module):
   def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                sr_ratio: int = 1, norm_eps: float = 1e-6, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
+    self.dtype = dtype
     self.norm1 = LayerNorm(dim, eps=norm_eps, dtype=dtype, param_dtype=param_dtype)
     self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, sr_ratio=sr_ratio, dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs)
@@ -125,6 +126,7 @@ class Block(nnx.Module):
     self.mlp = MixFFN(dim, int(dim * mlp_ratio), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
+    x = x.astype(self.dtype)  # the residual stream is kept in the compute dtype
     x = x + self.attn(self.norm1(x))
     return x + self.mlp(self.norm2(x))
 

@@ -291,3 +291,18 @@ def test_random_init_dtypes():
   for k, v in model_variables(m).items():
     want = jnp.bfloat16 if isinstance(v, nnx.Param) else (jnp.int32 if k.endswith("tracked") else jnp.float32)
     assert v.get_value().dtype == want, k
+
+
+@pytest.mark.slow
+def test_bf16_planes_track_fp32(branch):
+  """bf16 compute (fp32 params) on the fixture input: planes within 3e-2 of the record's max|value| (measured
+  ~1e-2 on b1_frontal: bf16 rounding through ~20 layers); the fp32 path is the parity path."""
+  case, _, out, secc = branch
+  m16 = _load(case.dir, dtype=jnp.bfloat16)
+  p16 = nnx.jit(lambda mod, x: mod(x))(m16, secc)
+  assert p16.dtype == jnp.bfloat16
+  mine = np.asarray(planes_to_torch(p16.astype(jnp.float32)))
+  d, rel = case.compare(mine, f"{PREFIX}/out0")
+  d32 = float(jnp.abs(p16.astype(jnp.float32) - out["planes"]).max())
+  print(f"bf16 vs record: {d:.3g} ({rel:.3g} rel); bf16 vs fp32 planes (whole tensor): {d32:.3g}")
+  assert rel <= 3e-2
