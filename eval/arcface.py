@@ -121,7 +121,7 @@ def embed_fn(model: IResNet):
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def f(crops):
+  def f(state, crops):
     with jax.default_matmul_precision("highest"):
       return normalize(nnx.merge(graphdef, state)(crops))
-  return f
+  return lambda crops: f(state, crops)

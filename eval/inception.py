@@ -177,7 +177,7 @@ def features_fn(model: FIDInceptionV3):
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def f(images):
+  def f(state, images):
     with jax.default_matmul_precision("highest"):
       return nnx.merge(graphdef, state)(images)
-  return f
+  return lambda images: f(state, images)

@@ -109,7 +109,9 @@ def build(net: str, sd=None, *, seed: int = 0) -> LPIPS:
   """An LPIPS model with weights from `sd` (torch keys) or seeded random ones (`sd=None`)."""
   from eval._nets import load_weights, random_like_torch
   model = LPIPS(net, rngs=nnx.Rngs(seed))
-  load_weights(model, sd if sd is not None else random_like_torch(model, seed), what=f"LPIPS-{net}")
+  if sd is None:  # the released lin heads are non-negative
+    sd = {k: (np.abs(v) if k.startswith("lin") else v) for k, v in random_like_torch(model, seed).items()}
+  load_weights(model, sd, what=f"LPIPS-{net}")
   return model
 
 
@@ -118,10 +120,11 @@ def distance_fn(model: LPIPS):
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def f(a, b):
+  def f(state, a, b):  # weights are an argument, not constants folded into the program
     m = nnx.merge(graphdef, state)
     if a.dtype == jnp.uint8:
       a = a.astype(jnp.float32) / 127.5 - 1.0
       b = b.astype(jnp.float32) / 127.5 - 1.0
-    return m(a, b)
-  return f
+    with jax.default_matmul_precision("highest"):
+      return m(a, b)
+  return lambda a, b: f(state, a, b)

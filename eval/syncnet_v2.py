@@ -112,15 +112,15 @@ def embed_fns(model: SyncNetV2):
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def lip(frames):
+  def lip(state, frames):
     with jax.default_matmul_precision("highest"):
       return nnx.merge(graphdef, state).forward_lip(frames)
 
   @jax.jit
-  def aud(mfcc_windows):
+  def aud(state, mfcc_windows):
     with jax.default_matmul_precision("highest"):
       return nnx.merge(graphdef, state).forward_aud(mfcc_windows)
-  return lip, aud
+  return (lambda frames: lip(state, frames)), (lambda w: aud(state, w))
 
 
 def num_windows(num_frames: int, num_samples: int) -> int:
