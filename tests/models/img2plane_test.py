@@ -179,18 +179,38 @@ def test_unit_predictor_bf16(setup):
   assert rel < 3e-2
 
 
+def test_batch_consistency_and_input_checks(setup):
+  """B=2 on a small image equals two B=1 runs (fixture weights); bad shapes fail with a clear error."""
+  _, model, img = setup
+  x = jnp.asarray(np.concatenate([img[:1, :64, :64], img[:1, 64:128, 64:128]], axis=0))
+  fwd = nnx.jit(lambda m, x: m(x))
+  both = np.asarray(fwd(model, x))
+  assert both.shape == (2, 3, 32, 32, 32)
+  np.testing.assert_allclose(both[1], np.asarray(fwd(model, x[1:]))[0], rtol=0, atol=1e-4)
+  with pytest.raises(ValueError, match="NHWC"):
+    model(jnp.zeros((1, 3, 64, 64)))
+  with pytest.raises(ValueError, match="multiples of 16"):
+    model(jnp.zeros((1, 72, 64, 3)))
+
+
 @pytest.mark.slow
 def test_whole_i2p(setup):
-  """The whole I2P from the stored image: every probed boundary at 2e-4 relative, planes also 1e-3 abs."""
+  """The whole I2P from the stored image: every probed boundary at 2e-4 relative, planes also 1e-3 abs.
+  Prints the compile and per-call CPU time (process time, all threads)."""
   case, model, img = setup
   fwd = nnx.jit(lambda m, x: m.features(x))
+  x = jnp.asarray(img)
   t0 = time.process_time()
-  compiled = fwd.lower(model, jnp.asarray(img)).compile()
+  fwd.lower(model, x).compile()
   t1 = time.process_time()
-  feats = jax.block_until_ready(fwd(model, jnp.asarray(img)))
+  feats = jax.block_until_ready(fwd(model, x))
   t2 = time.process_time()
-  print(f"I2P B={img.shape[0]} fp32: compile {t1 - t0:.1f} s CPU, first call {t2 - t1:.1f} s CPU")
-  del compiled
+  jax.block_until_ready(nnx.jit(lambda m, x: m(x))(model, x))
+  t3 = time.process_time()
+  jax.block_until_ready(nnx.jit(lambda m, x: m(x))(model, x))
+  t4 = time.process_time()
+  print(f"I2P B={img.shape[0]} fp32: lower+compile {t1 - t0:.1f} s CPU; features call {t2 - t1:.1f} s CPU; "
+        f"__call__ compile+call {t3 - t2:.1f} s CPU, call {t4 - t3:.1f} s CPU")
   for key, v in feats.items():
     name = f"{P}/{key}" if key == "out0" else f"{P}.{key}"
     if not case.has(name):
@@ -208,7 +228,13 @@ def test_whole_i2p_bf16(setup):
   case, _, img = setup
   name = f"{P}/out0"
   model = _load(case.dir, dtype=jnp.bfloat16)
-  planes = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(img))
+  fwd = nnx.jit(lambda m, x: m(x))
+  t0 = time.process_time()
+  planes = jax.block_until_ready(fwd(model, jnp.asarray(img)))
+  t1 = time.process_time()
+  jax.block_until_ready(fwd(model, jnp.asarray(img)))
+  t2 = time.process_time()
+  print(f"I2P B={img.shape[0]} bf16: compile+call {t1 - t0:.1f} s CPU, call {t2 - t1:.1f} s CPU")
   assert planes.dtype == jnp.float32
   d, rel = case.compare(planes_to_torch(planes), name)
   print(f"{case.name} bf16 planes vs fp32 record: max|Δ|={d:.3e} rel={rel:.3e}")
