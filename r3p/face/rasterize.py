@@ -147,7 +147,11 @@ def rasterize(verts, faces, height: int, width: int, *, tile: int = 8, chunk: in
             & (t["iy0"][idx] <= y0 + tile - 1))
       return (c + 1,) + test(idx, ok, best, best_id)
 
-    st = (jnp.int32(0), jnp.full((tile * tile,), -jnp.inf, jnp.float32), jnp.full((tile * tile,), -1, jnp.int32))
+    # The initial buffers are tied to a vertex-derived value so that, under shard_map, the loop carry has the same
+    # varying-axes type before and after the body.
+    zero = (start * 0).astype(jnp.int32)
+    st = (jnp.int32(0), jnp.full((tile * tile,), -jnp.inf, jnp.float32) + zero.astype(jnp.float32),
+          jnp.full((tile * tile,), -1, jnp.int32) + zero)
     st = jax.lax.while_loop(lambda s: start + s[0] * chunk < end, small_body, st)
     st = jax.lax.while_loop(lambda s: s[0] * chunk < nbig, big_body, (jnp.int32(0),) + st[1:])
     return st[2]
@@ -155,6 +159,17 @@ def rasterize(verts, faces, height: int, width: int, *, tile: int = 8, chunk: in
   ids = jax.lax.map(one_tile, tiles, batch_size=tiles_per_step)
   ids = ids.reshape(nty, ntx, tile, tile).transpose(0, 2, 1, 3).reshape(nty * tile, ntx * tile)[:height, :width]
   return _finish(t, ids, height, width)
+
+
+def rasterize_sharded(verts, faces, height: int, width: int, mesh, axis: str = "data", **kw):
+  """A batch of frames verts [B,V,3] (B divisible by the mesh axis size) rasterized with the batch split over
+  `axis` of `mesh` (jax.shard_map; works for Auto and Explicit axis types). Returns the `rasterize` outputs with a
+  leading batch axis, sharded along it."""
+  from jax.sharding import PartitionSpec as P
+
+  faces = np.asarray(faces, np.int32)
+  fn = jax.vmap(lambda v: rasterize(v, faces, height, width, **kw))
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(axis), out_specs=P(axis)))(verts)
 
 
 def _finish(t, ids, height, width):

@@ -112,3 +112,17 @@ def test_batch_sharded_on_8_devices():
   assert out.sharding.spec == sh.spec
   for i in range(8):
     np.testing.assert_array_equal(np.asarray(out[i]), R.rasterize_reference(v[i], f, H, W)[0])
+
+
+def test_batch_shard_map_on_explicit_mesh():
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 (fake) devices")
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+  vs, fs = zip(*[_random_mesh(s, nv=40, nf=30) for s in range(8)])
+  v = np.stack(vs)
+  vb = jax.device_put(v, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  ids, bary, _ = R.rasterize_sharded(vb, fs[0], H, W, mesh, tile=8, chunk=8)
+  assert ids.sharding.spec[0] == "data"
+  ids = np.asarray(ids)
+  for i in range(8):
+    np.testing.assert_array_equal(ids[i], R.rasterize_reference(v[i], fs[0], H, W)[0])

@@ -11,7 +11,7 @@ S = 96
 
 @pytest.fixture(scope="module")
 def model():
-  return bfm.synthetic_face_model(resolution=(48, 36))
+  return bfm.synthetic_face_model(resolution=(36, 28))
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,7 @@ def test_eye_holes_and_background(rendered):
   h = S
   box = img[0, h // 4:h // 2, h // 4:3 * h // 4]
   assert (np.all(box == -1, axis=-1)).sum() > 0  # eye holes are background-coloured
-  full = secc.SeccRenderer(model, S, mask_face0_quirk=False).render(np.zeros((1, 80)), np.zeros((1, 64)))[1]
-  assert full.sum() >= 1
+  assert len(model.render_faces()) == len(model.tri) - len(model.eye_faces)
 
 
 def test_blink(rendered):
