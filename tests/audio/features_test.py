@@ -82,14 +82,6 @@ def test_silence_gives_unvoiced_f0():
   assert feats.f0_infer.shape == (56,)
 
 
-def test_parity_fixture_audio_features():
-  """Parity (fixture tolerances: mel atol 1e-5 rtol 1e-4, f0 atol 1e-3, coarse pitch exact)."""
-  from r3p.parity_kinds import audio_features
-  case = shared_path("fixtures", "audio_features", "obama")
-  res = audio_features.run(str(case))
-  assert res.passed, {k: (r.max_abs, r.tol) for k, r in res.outputs.items()}
-
-
 def test_obama_asset_loads():
   a = F.load_audio(shared_path("assets", "examples", "Obama_5s.wav"))
   assert a.samples.shape == (80213, 2)

@@ -8,7 +8,6 @@ from flax import nnx
 from r3p.audio import features as F
 from r3p.convert.torch_to_nnx import export_state_dict
 from r3p.models import audio2motion as A
-from tests.conftest import shared_path
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +100,3 @@ def test_converter_roundtrip_with_weight_norm(model):
   m2 = A.PitchContourVAEModel(rngs=nnx.Rngs(5))
   A.load_a2m_state_dict(m2, sd)
   np.testing.assert_allclose(export_state_dict(m2)[k], w, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("case,kind", [("infer_obama", "a2m_vae"), ("train_b2", "a2m_vae_train")])
-def test_parity_fixtures(case, kind):
-  """Fixture tolerances: atol 1e-6..2e-5, rtol 1e-4 per record; coarse pitch exact."""
-  import importlib
-  mod = importlib.import_module(f"r3p.parity_kinds.{kind}")
-  res = mod.run(str(shared_path("fixtures", "a2m_vae", case)))
-  assert res.passed, {k: (r.max_abs, r.tol) for k, r in res.outputs.items() if not r.passed}
