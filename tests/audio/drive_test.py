@@ -135,3 +135,53 @@ def test_full_size_random_cli_on_obama(tmp_path, capsys):
   assert rc == 0
   z = np.load(out)
   assert z["exp"].shape == (128, 64) and z["hubert"].shape == (256, 1024)
+
+
+def _write_safetensors(path, sd):
+  import json
+  import struct
+  header, blobs, off = {}, [], 0
+  for k, v in sd.items():
+    b = np.ascontiguousarray(v, np.float32).tobytes()
+    header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [off, off + len(b)]}
+    blobs.append(b)
+    off += len(b)
+  h = json.dumps(header).encode()
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def test_cli_with_checkpoint_files_matches_in_memory_models(tmp_path, small_driver, capsys):
+  """--hubert_ckpt (transformers folder: config.json + model.safetensors, CTC-wrapped, weight-normed pos conv)
+  and --a2m_ckpt (torch zip, {'state_dict': {'model.*'}}, weight_g/weight_v) give exactly the in-memory result."""
+  import dataclasses
+  import json
+  from r3p.convert.torch_ckpt import save_torch_checkpoint
+  from r3p.convert.torch_to_nnx import export_state_dict
+  hub_sd = {"hubert." + k: v for k, v in export_state_dict(small_driver.hubert.model).items()}
+  w = hub_sd.pop("hubert.encoder.pos_conv_embed.conv.weight")
+  hub_sd["hubert.encoder.pos_conv_embed.conv.weight_g"] = np.sqrt((w.astype(np.float64) ** 2).sum((0, 1), keepdims=True))
+  hub_sd["hubert.encoder.pos_conv_embed.conv.weight_v"] = w
+  hub_sd["lm_head.weight"] = np.zeros((32, 1024), np.float32)
+  d = tmp_path / "hubert"
+  d.mkdir()
+  cfg = dataclasses.asdict(SMALL)
+  cfg.update(feat_extract_norm="layer", do_stable_layer_norm=True, conv_dim=list(SMALL.conv_dim))
+  (d / "config.json").write_text(json.dumps(cfg))
+  _write_safetensors(d / "model.safetensors", hub_sd)
+  a2m_sd = export_state_dict(small_driver.a2m)
+  k = "vae.decoder.wn.cond_layer.weight"
+  wv = a2m_sd.pop(k)
+  a2m_sd[k + "_g"] = np.sqrt((wv.astype(np.float64) ** 2).sum((1, 2), keepdims=True)).astype(np.float32)
+  a2m_sd[k + "_v"] = wv
+  save_torch_checkpoint({"state_dict": {"model." + kk: v for kk, v in a2m_sd.items()}, "global_step": 400000},
+                        str(tmp_path / "a2m.ckpt"))
+  wav = _write(tmp_path, "a.wav", _speechy(16000, 1.5, 2), 16000, subtype="PCM_16")
+  rc = drive.main(["--audio", wav, "--out", str(tmp_path / "c.npz"), "--hubert_ckpt", str(d),
+                   "--a2m_ckpt", str(tmp_path / "a2m.ckpt"), "--no_progress"])
+  assert rc == 0, capsys.readouterr().err
+  ref = small_driver(F.load_audio(wav), progress=False)
+  got = np.load(tmp_path / "c.npz")
+  assert not bool(got["random_weights"])
+  np.testing.assert_allclose(got["hubert"], ref["hubert"], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(got["exp"], ref["exp"], atol=1e-5, rtol=1e-4)
