@@ -20,9 +20,10 @@ Array = jax.Array
 def _uniform(key, shape, bound, dtype):
   """U(-bound, bound) drawn on the host from the key's bits: one tiny device op per call instead of one XLA
   compilation per new shape (models with many differently-shaped convs otherwise spend seconds compiling init)."""
-  if isinstance(key, jax.core.Tracer):  # under jit / eval_shape: stay traceable
+  try:
+    bits = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
+  except jax.errors.TracerArrayConversionError:  # under jit / eval_shape: stay traceable
     return jax.random.uniform(key, shape, dtype, -bound, bound)
-  bits = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
   rng = np.random.default_rng([int(b) for b in bits])
   return jnp.asarray(rng.uniform(-bound, bound, shape), dtype)
 
