@@ -121,6 +121,12 @@ def _fit(lms, weights, basis, lambdas, *, global_id: bool, steps_a: int = 200, s
   return out, lan, total
 
 
+@functools.partial(jax.jit, static_argnames=("steps_a", "steps_b"))
+def _fit_images(lms, weights, basis, lambdas, *, steps_a: int, steps_b: int):
+  """Independent image fits, vmapped over the leading axis of lms [B,1,468,2] (compiled once per B)."""
+  return jax.vmap(lambda l: _fit(l, weights, basis, lambdas, global_id=True, steps_a=steps_a, steps_b=steps_b))(lms)
+
+
 def _basis(model: bfm.FaceModel):
   return tuple(jnp.asarray(a) for a in bfm.keypoint_basis(model, model.mp468))
 
@@ -153,9 +159,7 @@ def fit_images(lms_px, model: bfm.FaceModel, height: int, width: Optional[int] =
   lms = jnp.asarray(landmarks_to_224(lms_px, height, width, official_aspect_bug))[:, None]  # [B,1,468,2]
   w = jnp.asarray(landmark_weights("image"))
   lam = {k: jnp.float32(v) for k, v in IMAGE_LAMBDAS.items()}
-  basis = _basis(model)
-  fn = jax.jit(jax.vmap(lambda l: _fit(l, w, basis, lam, global_id=True, steps_a=steps[0], steps_b=steps[1])))
-  out, _, _ = fn(lms)
+  out, _, _ = _fit_images(lms, w, _basis(model), lam, steps_a=steps[0], steps_b=steps[1])
   res = {k: np.asarray(v[:, 0], np.float32) for k, v in out.items()}
   res["lm_err_px"] = np.array([reprojection_error_px(model, {k: v[i:i + 1] for k, v in res.items()}, lms_px[i:i + 1],
                                                      height, width, official_aspect_bug)[0]
