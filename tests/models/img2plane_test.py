@@ -91,6 +91,13 @@ def test_loads_every_key_and_rejects_missing():
     load_state_dict(build_for_loading(), sd, prefix=P + ".", unused=UNUSED_KEYS)
 
 
+def test_module_tree():
+  model = nnx.eval_shape(lambda: Img2PlaneModel(rngs=nnx.Rngs(0)))
+  assert nnx.find_duplicates(model) == []
+  x = jax.ShapeDtypeStruct((2, 512, 512, 3), jnp.float32)
+  assert nnx.eval_shape(lambda m, x: m(x), model, x).shape == (2, 3, 256, 256, 32)
+
+
 def test_coordinate_channels(setup):
   case, _, img = setup
   x5 = np.asarray(coordinate_channels(jnp.asarray(img)))
