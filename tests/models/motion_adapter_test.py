@@ -171,6 +171,7 @@ def test_teacher_forced_mix_vit_stages(branch):
     x = jnp.asarray(nchw_to_nhwc(case.record(src)))
     y = nnx.jit(lambda mod, v, s=i + 1: mod.mix_vit.stage(s, v))(m, x)
     d, rel = case.compare(nhwc_to_nchw(y), dst)
+    print(f"{dst} teacher-forced from {src}: {d:.3g} ({rel:.3g} rel)")
     assert rel <= TOL_TEACHER, f"{dst} from {src}: {d:.3g} ({rel:.3g} rel) > {TOL_TEACHER}"
     done += 1
   if not done:
@@ -198,6 +199,7 @@ def test_teacher_forced_fuse_head(branch):
   feats = [jnp.asarray(nchw_to_nhwc(c1))] + [jnp.asarray(nchw_to_nhwc(case.record(n))) for n in ins[1:]]
   y = nnx.jit(lambda mod, f: mod.fuse_head(f))(m, feats)
   d, rel = case.compare(nhwc_to_nchw(y), outn)
+  print(f"{outn} teacher-forced: {d:.3g} ({rel:.3g} rel)")
   assert rel <= TOL_TEACHER, f"{outn}: {d:.3g} ({rel:.3g} rel) > {TOL_TEACHER}"
 
 

@@ -7,7 +7,6 @@ max|value| (bf16 has an 8-bit mantissa, 2^-8 ≈ 4e-3 per rounding; a few roundi
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from r3p.convert.torch_to_nnx import export_state_dict, load_state_dict, model_variables
@@ -29,7 +28,8 @@ def _pair(ctor, seed):
     mods.append(m)
   sd = {}
   for k, v in export_state_dict(mods[0]).items():
-    val = rng.standard_normal(v.shape) * 0.2
+    fan_in = int(np.prod(v.shape[1:])) if v.ndim >= 2 else 25  # torch layouts: [O, I, ...] / [out, in]
+    val = rng.standard_normal(v.shape) / np.sqrt(fan_in)  # O(1) activations through every layer
     if k.endswith("running_var"):
       val = 0.5 + np.abs(val)
     elif k.endswith("weight") and v.ndim == 1:
@@ -46,18 +46,9 @@ def _check(y32, y16):
   assert np.isfinite(y16).all()
   d = np.abs(y16 - y32).max()
   scale = np.abs(y32).max()
+  print(f"bf16 vs fp32: {d / scale:.3g} of max|fp32|")
   assert d <= REL * scale, f"bf16 vs fp32 max|Δ| {d:.3g} > {REL} × {scale:.3g}"
   assert d > 0  # the bf16 path really computes in bf16
-
-
-@pytest.mark.parametrize("sr", [1, 2])
-def test_attention_and_block_bf16(sr):
-  m32, m16 = _pair(lambda dt: sf.Block(16, 2, sr_ratio=sr, dtype=dt, rngs=nnx.Rngs(0)), seed=sr)
-  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 16))
-  y16 = nnx.jit(lambda m, v: m(v))(m16, x)
-  assert y16.dtype == jnp.bfloat16
-  assert m16.attn.q.weight[...].dtype == jnp.float32
-  _check(nnx.jit(lambda m, v: m(v))(m32, x), y16)
 
 
 def test_mit_and_head_bf16():
@@ -80,6 +71,7 @@ def test_mit_and_head_bf16():
   f32, h32 = nnx.jit(lambda m, v: m(v))(m32, x)
   assert h16.dtype == jnp.bfloat16 and all(f.dtype == jnp.bfloat16 for f in f16)
   assert m16.fuse_head.linear_fuse.bn.running_var[...].dtype == jnp.float32
+  assert m16.mix_vit.block2[0].attn.q.weight[...].dtype == jnp.float32  # param_dtype stays fp32
   for a, b in zip(f32, f16):
     _check(a, b)
   _check(h32, h16)
