@@ -89,3 +89,16 @@ def test_align_truncates(videos, tmp_path, capsys):
   rc, _, _ = _run(["--pred", str(videos / "short.mp4"), "--gt", str(videos / "gt.mp4"), "--metrics", "psnr",
                    "--align", "--out", str(out), "--quiet", "--batch", "4"], capsys)
   assert rc == 0 and json.loads(out.read_text())["frames"] == 7
+
+
+def test_benchmark_table(videos, tmp_path, capsys):
+  from eval import benchmark
+  cfg = {"pairs": [{"name": "a", "gt": str(videos / "gt.mp4")}],
+         "configs": [{"name": "same", "pred": str(videos / "gt.mp4")},
+                     {"name": "noisy", "pred": str(videos / "noisy.mp4")}]}
+  (tmp_path / "b.json").write_text(json.dumps(cfg))
+  rc = benchmark.main(["--config", str(tmp_path / "b.json"), "--out", str(tmp_path / "t.csv"),
+                       "--metrics", "psnr,ssim"])
+  assert rc == 0
+  rows = (tmp_path / "t.csv").read_text().splitlines()
+  assert rows[0] == "config,psnr,ssim" and rows[1].startswith("same,inf,1") and rows[2].startswith("noisy,")
