@@ -26,7 +26,7 @@ def mip_ray_marcher(colors: Array, densities: Array, depths: Array) -> tuple[Arr
 
 
 def march(planes: Array, decoder, origins: Array, directions: Array, depths: Array, *, box_warp: float = 1.0,
-          implementation: str | None = None, dtype=jnp.float32, chunk_rays: int | None = None):
+          implementation: str | None = None, dtype=jnp.float32, chunk_rays: int | str | None = "auto"):
   """Field evaluation + MipRayMarcher2 at the given depths [B,N,S] -> (rgb [B,N,32], depth [B,N], weights).
 
   `decoder` with `mlp_params()` (r3p OSGDecoder) goes through the fused op `api.ray_march` (XLA or Pallas);
@@ -40,6 +40,8 @@ def march(planes: Array, decoder, origins: Array, directions: Array, depths: Arr
     if implementation == "pallas":
       raise ValueError("implementation='pallas' needs a decoder with mlp_params() (OSGDecoder), "
                        f"got {type(decoder).__name__}")
+    if chunk_rays == "auto":
+      chunk_rays = api.AUTO_CHUNK_RAYS.get(jax.devices()[0].platform)
     rgb, depth, w = base.ray_march_reference(planes, None, origins, directions, depths, box_warp=box_warp,
                                              dtype=dtype, decoder=decoder, chunk_rays=chunk_rays)
   return rgb, base.clamp_depth(depth, depths), w

@@ -53,7 +53,7 @@ def draws(key: Array | None, batch: int, n_rays: int, n_coarse: int, n_fine: int
 def render(planes: Array, decoder, camera: Array, *, key: Array | None = None, coarse_jitter: Array | None = None,
            importance_u: Array | None = None, resolution: int = 128, n_coarse: int = 48, n_fine: int = 48,
            box_warp: float = 1.0, implementation: str | None = None, dtype=jnp.float32,
-           chunk_rays: int | None = None) -> dict[str, Array]:
+           chunk_rays: int | str | None = "auto") -> dict[str, Array]:
   """Render the raw feature image of a tri-plane.
 
   Args:
@@ -66,7 +66,8 @@ def render(planes: Array, decoder, camera: Array, *, key: Array | None = None, c
     resolution: R, rays per image side.
     implementation: None (Pallas where supported, else XLA) | 'xla' | 'pallas' for the fused op.
     dtype: compute dtype of the feature gather + MLP (compositing stays fp32).
-    chunk_rays: XLA path only; evaluate rays in chunks of this size to bound memory.
+    chunk_rays: XLA path only; evaluate rays in chunks of this size to bound memory ("auto": 1024 rays on
+      CPU, one chunk elsewhere; None: one chunk).
   Returns:
     feature_image [B,R,R,32] (channels 0..2 = unclamped RGB, the official `rgb_image`), depth_image [B,R,R,1],
     weights_image [B,R,R,1] (accumulated opacity).

@@ -63,8 +63,13 @@ def resolve_implementation(implementation: str | None, device=None) -> str:
   return "xla"
 
 
+# XLA path on CPU: chunks of rays keep the per-sample activations cache-sized (measured 1.4x faster and 5x less
+# temporary memory than one chunk for a 128² render, B=1); on accelerators one chunk.
+AUTO_CHUNK_RAYS = {"cpu": 1024}
+
+
 def ray_march(planes, params, origins, directions, depths, *, box_warp: float = 1.0,
-              implementation: str | None = None, dtype=jnp.float32, chunk_rays: int | None = None,
+              implementation: str | None = None, dtype=jnp.float32, chunk_rays: int | str | None = "auto",
               config: pallas_triton.Config | None = None, interpret: bool | None = None):
   """Fused tri-plane lookup + OSG MLP + MipRayMarcher2 (depth not yet clamped; see base.py).
 
@@ -73,7 +78,8 @@ def ray_march(planes, params, origins, directions, depths, *, box_warp: float = 
     origins, directions: [B,N,3]; depths: [B,N,S] sorted sample depths.
     implementation: None (auto, XLA fallback) | 'xla' | 'pallas'.
     dtype: gather/MLP compute dtype (fp32 or bf16); compositing is fp32.
-    chunk_rays: XLA path: rays per chunk (bounds memory). Ignored by Pallas.
+    chunk_rays: XLA path: rays per chunk (bounds memory); "auto" = AUTO_CHUNK_RAYS of the platform (1024 on
+      CPU, else no chunking); None = no chunking. Ignored by Pallas.
     config: Pallas block config (default: heuristics). interpret: Pallas interpret mode (default: on when the
       device has no compiled Pallas backend).
   Returns:
@@ -86,6 +92,8 @@ def ray_march(planes, params, origins, directions, depths, *, box_warp: float = 
                      f"{directions.shape}, {depths.shape}")
   impl = resolve_implementation(implementation)
   if impl == "xla":
+    if chunk_rays == "auto":
+      chunk_rays = AUTO_CHUNK_RAYS.get(_default_device().platform)
     return base.ray_march_reference(planes, params, origins, directions, depths, box_warp=box_warp, dtype=dtype,
                                     chunk_rays=chunk_rays)
   if interpret is None:

@@ -49,10 +49,12 @@ def osg_mlp(params: Mapping[str, Array], feat: Array, *, dtype=jnp.float32) -> t
   see `r3p.models.decoder.OSGDecoder.mlp_params`). Matmuls accumulate in fp32; outputs are fp32.
   """
   prec = _precision(dtype)
+  # fp32: plain fp32 dots at HIGHEST; bf16: bf16 operands with fp32 accumulation.
+  pet = None if jnp.dtype(dtype) == jnp.float32 else jnp.float32
   x = feat.astype(dtype)
-  h = jnp.matmul(x, params["w0"].astype(dtype), precision=prec, preferred_element_type=jnp.float32)
+  h = jnp.matmul(x, params["w0"].astype(dtype), precision=prec, preferred_element_type=pet)
   h = softplus(h + params["b0"].astype(jnp.float32))
-  y = jnp.matmul(h.astype(dtype), params["w1"].astype(dtype), precision=prec, preferred_element_type=jnp.float32)
+  y = jnp.matmul(h.astype(dtype), params["w1"].astype(dtype), precision=prec, preferred_element_type=pet)
   y = y + params["b1"].astype(jnp.float32)
   rgb = jax.nn.sigmoid(y[..., 1:]) * (1 + 2 * RGB_CLAMP_EPS) - RGB_CLAMP_EPS
   return y[..., 0:1], rgb
@@ -99,7 +101,8 @@ def composite(colors: Array, densities: Array, depths: Array) -> tuple[Array, Ar
   depths_mid = (depths[..., :-1] + depths[..., 1:]) / 2
   alpha, trans = alpha_transmittance(densities, depths)
   weights = alpha * trans
-  rgb = jnp.sum(weights[..., None] * colors_mid, axis=-2)
+  # Σ_s w·c_mid as a batched mat-vec (XLA CPU reduces a middle axis slowly); fp32 at HIGHEST.
+  rgb = jnp.einsum("...s,...sc->...c", weights, colors_mid, precision=jax.lax.Precision.HIGHEST)
   depth = expected_depth(jnp.sum(weights * depths_mid, axis=-1), jnp.sum(weights, axis=-1))
   return rgb * 2 - 1, depth, weights
 
