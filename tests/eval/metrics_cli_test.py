@@ -102,3 +102,41 @@ def test_benchmark_table(videos, tmp_path, capsys):
   assert rc == 0
   rows = (tmp_path / "t.csv").read_text().splitlines()
   assert rows[0] == "config,psnr,ssim" and rows[1].startswith("same,inf,1") and rows[2].startswith("noisy,")
+
+
+def _wav(path, samples):
+  import wave
+  with wave.open(str(path), "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(16000)
+    w.writeframes(np.asarray(samples, np.int16).tobytes())
+
+
+def test_sync_silent_and_short_audio(videos, tmp_path, capsys):
+  from tests.conftest import shared_path
+  task = shared_path("assets", "mediapipe", "face_landmarker.task")
+  _wav(tmp_path / "silent.wav", np.zeros(16000))
+  _wav(tmp_path / "short.wav", np.random.default_rng(0).integers(-3000, 3000, 2000))
+  for wav, msg in (("silent.wav", "silent"), ("short.wav", "too short")):
+    out = tmp_path / f"{wav}.json"
+    rc, _, err = _run(["--pred", str(videos / "gt.mp4"), "--gt", str(videos / "gt.mp4"), "--audio",
+                       str(tmp_path / wav), "--metrics", "psnr,sync", "--landmarker", str(task), "--random_weights",
+                       "--out", str(out), "--quiet"], capsys)
+    r = json.loads(out.read_text())
+    assert rc == 0 and "psnr" in r["summary"], err
+    assert msg in r["unavailable"]["sync"] or "no face" in r["unavailable"]["sync"], r["unavailable"]
+
+
+def test_frames_without_face_are_skipped(videos, tmp_path, capsys):
+  from tests.conftest import shared_path
+  task = shared_path("assets", "mediapipe", "face_landmarker.task")
+  src = shared_path("assets", "examples", "Macron.png")
+  out = tmp_path / "r.json"
+  rc, _, err = _run(["--pred", str(videos / "gt.mp4"), "--gt", str(videos / "gt.mp4"), "--src_img", str(src),
+                     "--metrics", "psnr,csim,lmd", "--landmarker", str(task), "--random_weights", "--out", str(out),
+                     "--quiet", "--batch", "4"], capsys)
+  assert rc == 0, err
+  r = json.loads(out.read_text())
+  assert r["skipped"]["csim"] == 11 and r["skipped"]["lmd"] == 11 and "csim" in r["unavailable"]
+  assert "11 of 11 frames without a (single) face" in err
