@@ -13,7 +13,8 @@ def run(case_dir: str) -> CaseResult:
   from r3p.convert.seeded import load_seeded_state_dict
   meta = read_fixture_json(case_dir)
   sd = load_seeded_state_dict(case_dir, verify=True)
-  model = lpips.build(meta["net"], sd)
+  net = meta.get("net") or ("vgg" if "features.28.weight" in sd else "alex")
+  model = lpips.build(net, sd)
   x = load_npz(case_dir, "inputs.npz")
   a, b = (np.transpose(x[k], (0, 2, 3, 1)) for k in ("in0", "in1"))
   with jax.default_matmul_precision("highest"):
