@@ -91,3 +91,22 @@ def test_cli_macron(tmp_path, capsys, assets):
   assert d["img"][0, 5, 5].tolist() == [-1, -1, -1]  # head image: background is −1
   assert float(d["lm_err_px"][0]) < 6.0
   np.testing.assert_allclose(d["camera"][0, 16:], [2985.29 / 700, 0, 0.5, 0, 2985.29 / 700, 0.5, 0, 0, 1], atol=1e-5)
+
+
+def test_non_square_source_square_crop_vs_official_stretch():
+  from r3p.face import landmarks
+  a = shared_path("assets")
+  img = landmarks.read_image_rgb(a / "examples" / "Macron.png")
+  wide = np.concatenate([np.full((512, 150, 3), 90, np.uint8), img, np.full((512, 150, 3), 90, np.uint8)], 1)
+  m = bfm.synthetic_face_model(resolution=(60, 45),
+                               mp_canonical=bfm.canonical_mesh_from_task(a / "mediapipe" / "face_landmarker.task"))
+  r = secc.SeccRenderer(m, 64)
+  kw = dict(landmarker_path=a / "mediapipe" / "face_landmarker.task",
+            segmenter_path=a / "mediapipe" / "selfie_segmentation.tflite", renderer=r, name="wide.png", log=None)
+  ours = prepare.prepare_source(wide, m, **kw)
+  official = prepare.prepare_source(wide, m, official_aspect=True, **kw)
+  ref = img.astype(np.float32) / 127.5 - 1
+  assert np.abs(ours["ref_gt_img"][0] - ref).mean() < 0.1  # face-centred square crop ≈ the original portrait
+  assert np.abs(official["ref_gt_img"][0] - ref).mean() > 0.2  # stretched to 512² as the official code does
+  assert ours["cond_cano"].shape == (1, 64, 64, 3) and ours["lm_err_px"][0] < 6
+  assert official["lm_err_px"][0] > ours["lm_err_px"][0]  # the official x-scale bug hurts the fit
