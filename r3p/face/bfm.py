@@ -163,7 +163,13 @@ def load_face_model(bfm_dir) -> FaceModel:
   eyes = None
   if all((bfm_dir / f).exists() for f in EYE_FACE_FILES):
     eyes = np.concatenate([np.load(bfm_dir / f).reshape(-1) for f in EYE_FACE_FILES]) - 1  # files are 1-based
-  return _from_bfm_dict(d, mp, eyes, str(mat))
+  model = _from_bfm_dict(d, mp, eyes, str(mat))
+  if (bfm_dir / "ncc_code.npy").exists():  # the official constant (MIT repo file); equal to the computed one
+    ncc = np.load(bfm_dir / "ncc_code.npy").astype(np.float32)
+    if ncc.shape != (3, model.num_vertices):
+      raise FaceModelError(f"{bfm_dir / 'ncc_code.npy'}: shape {ncc.shape}, expected (3, {model.num_vertices})")
+    model = dataclasses.replace(model, ncc=np.ascontiguousarray(ncc.T))
+  return model
 
 
 def generate_bfm_front(bfm_dir) -> dict:

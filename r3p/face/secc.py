@@ -18,8 +18,9 @@ from r3p.face import bfm, rasterize
 class SeccRenderer:
   """Renders SECC images for one face model. `render(id [B,80], exp [B,64])` -> (secc [B,S,S,3], mask [B,S,S,1]).
 
-  mask_face0_quirk=True reproduces the official mask `pix_to_face > 0`, which treats the first rendered triangle as
-  background; False uses `>= 0`.
+  mask_face0_quirk=True reproduces the official mask `pix_to_face > 0` on PyTorch3D's packed face ids: the first
+  triangle counts as background, but only in the first mesh of each rendered batch (the official driver renders
+  chunks of 50 frames, so frames 0, 50, 100, ... and the single-frame cano/src SECCs). False uses `>= 0`.
   """
 
   def __init__(self, model: bfm.FaceModel, size: int = 512, *, mask_face0_quirk: bool = True, tile: int = 8,
@@ -35,12 +36,12 @@ class SeccRenderer:
     self._kw = dict(tile=tile, chunk=chunk, tiles_per_step=tiles_per_step)
     self._render = jax.jit(jax.vmap(self._render_one))
 
-  def _render_one(self, id_coeff, exp_coeff):
+  def _render_one(self, id_coeff, exp_coeff, face0_is_background):
     verts = bfm.shape_from_coeffs(self.mean, self.id_base, self.exp_base, id_coeff, exp_coeff)
     pix = rasterize.project_to_pixels(bfm.to_camera(verts), self.size)
     p2f, bary, _ = rasterize.rasterize(pix, self.faces, self.size, self.size, **self._kw)
     col = rasterize.interpolate(p2f, bary, self.faces, self.ncc, background=0.0)
-    mask = (p2f > 0) if self.mask_face0_quirk else (p2f >= 0)
+    mask = (p2f >= 0) & ~(face0_is_background & (p2f == 0))
     col = col * mask[..., None]
     return (col - 0.5) / 0.5, mask[..., None].astype(jnp.float32)
 
@@ -52,7 +53,9 @@ class SeccRenderer:
                                (exp_coeff.shape[0], bfm.ID_DIM))
     outs, masks = [], []
     for i in range(0, exp_coeff.shape[0], chunk):
-      s, m = self._render(jnp.asarray(id_coeff[i:i + chunk]), jnp.asarray(exp_coeff[i:i + chunk]))
+      n = min(chunk, exp_coeff.shape[0] - i)
+      quirk = (np.arange(n) == 0) & self.mask_face0_quirk  # packed id 0 exists in the chunk's first mesh only
+      s, m = self._render(jnp.asarray(id_coeff[i:i + chunk]), jnp.asarray(exp_coeff[i:i + chunk]), jnp.asarray(quirk))
       outs.append(np.asarray(s))
       masks.append(np.asarray(m))
     return np.concatenate(outs), np.concatenate(masks)

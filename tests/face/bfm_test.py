@@ -55,6 +55,9 @@ def test_load_roundtrip_and_missing_files(tmp_path, mat):
   np.testing.assert_array_equal(m.tri, ref.tri)
   np.testing.assert_array_equal(m.eye_faces, ref.eye_faces)
   np.testing.assert_array_equal(m.mp468[~m.mp468_valid], 0)  # −999 -> vertex 0
+  np.testing.assert_allclose(m.ncc.min(0), 0) and np.testing.assert_allclose(m.ncc.max(0), 1)
+  np.save(tmp_path / "ncc_code.npy", np.full((3, m.num_vertices), 0.5, np.float32))
+  assert np.all(bfm.load_face_model(tmp_path).ncc == 0.5)  # the official constant wins when supplied
   (tmp_path / "BFM_model_front.mat").write_bytes(b"garbage")
   with pytest.raises(bfm.FaceModelError, match="cannot read"):
     bfm.load_face_model(tmp_path)

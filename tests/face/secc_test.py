@@ -32,7 +32,7 @@ def test_secc_matches_brute_force(rendered):
     v = np.asarray(bfm.shape_from_coeffs(model.mean_shape, model.id_base, model.exp_base, idc[0], exp[i]))
     pix = np.asarray(rasterize.project_to_pixels(bfm.to_camera(v), S))
     rid, rb, _ = rasterize.rasterize_reference(pix, faces, S, S)
-    fg = rid > 0  # official mask quirk: packed face 0 counts as background
+    fg = (rid > 0) if i == 0 else (rid >= 0)  # official quirk: packed face 0 (first mesh of a batch) is background
     ref = np.where(fg[..., None], np.einsum("hwi,hwic->hwc", rb, model.ncc[faces[np.maximum(rid, 0)]]), 0) * 2 - 1
     np.testing.assert_array_equal(mask[i, ..., 0] > 0, fg)
     np.testing.assert_allclose(img[i], ref, atol=1e-5)
@@ -71,3 +71,19 @@ def test_periodic_blink_schedule():
   frames = np.full((3, 8, 8, 3), 0.5, np.float32)
   out = secc.apply_blinks(frames, {1: 0.5})
   np.testing.assert_array_equal(out[0], frames[0])
+
+
+def test_face0_mask_quirk_only_in_first_mesh_of_a_batch(model):
+  import dataclasses
+  # Move a triangle near the nose (visible at the image centre) to the front of the face list.
+  cen = model.mean_shape[model.tri].mean(1)
+  k = int(np.argmin(((cen[:, :2] - [0.0, -0.1]) ** 2).sum(1) - 10 * (cen[:, 2] > 0)))
+  order = np.concatenate([[k], np.delete(np.arange(len(model.tri)), k)])
+  inv = np.argsort(order)
+  m = dataclasses.replace(model, tri=model.tri[order], eye_faces=inv[model.eye_faces].astype(np.int32))
+  exp = np.zeros((4, 64), np.float32)
+  _, mask = secc.SeccRenderer(m, S).render(np.zeros((1, 80)), exp, chunk=2)  # two chunks of 2 identical frames
+  hole = (mask[1] > 0) & (mask[0] == 0)
+  assert hole.sum() > 0  # frame 0: face 0 is treated as background; frame 1 (second mesh of the chunk): not
+  np.testing.assert_array_equal(mask[2], mask[0])  # frame 2 starts a new chunk
+  np.testing.assert_array_equal(mask[3], mask[1])
