@@ -156,7 +156,9 @@ def prepare_source(image, model: bfm.FaceModel, landmarker_path=None, segmenter_
   bar.update(1)
 
   renderer = renderer or secc.SeccRenderer(model, SIZE)
-  both, _ = renderer.render(np.repeat(src["id"], 2, 0), np.concatenate([np.zeros_like(src["exp"]), src["exp"]]))
+  # Rendered one at a time, as the official driver does (it matters for the face-0 mask quirk).
+  both = np.concatenate([renderer.render(src["id"], np.zeros_like(src["exp"]))[0],
+                         renderer.render(src["id"], src["exp"])[0]])
   kp_s = np.asarray(bfm.kp68_for_network(model, src["id"], src["exp"], src["euler"], src["trans"]))
   camera = np.asarray(bfm.eg3d_camera(src["euler"], src["trans"]))
   bar.update(1)
