@@ -71,13 +71,11 @@ def test_image_fit_batched(model):
 
 @pytest.mark.slow
 def test_may_video_fit_all_frames():
-  from r3p.face import landmarks
+  from r3p.face import prepare
   task = shared_path("assets", "mediapipe", "face_landmarker.task")
   video = shared_path("assets", "examples", "May_5s.mp4")
-  frames, fps = landmarks.read_video_rgb(video)
-  lms = landmarks.video_landmarks(frames, task, fps)
   m = bfm.synthetic_face_model(mp_canonical=bfm.canonical_mesh_from_task(task))
-  r = fit.fit_video(lms, m, frames.shape[1])
-  assert r["exp"].shape == (125, 64)
+  r = prepare.fit_driving_video(video, m, task)
+  assert r["exp"].shape == (125, 64) and r["lm478"].shape == (125, 478, 2) and r["camera"].shape == (125, 25)
   print("May_5s mean landmark error px (synthetic model):", r["lm_err_px"].mean())
   assert r["lm_err_px"].mean() < 5.0
