@@ -14,7 +14,6 @@ shapes (up to N and F) and dtypes, used by tests and the demo path.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import struct
 import zipfile

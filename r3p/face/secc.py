@@ -6,7 +6,6 @@ expression only; head pose reaches the network through the camera), at depth 10 
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

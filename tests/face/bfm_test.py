@@ -65,7 +65,6 @@ def test_load_roundtrip_and_missing_files(tmp_path, mat):
 
 def test_eye_faces_fallback_from_mp_contours(mat):
   d, mp, eyes = mat
-  canon = np.random.RandomState(0).randn(468, 3)
   m = bfm._from_bfm_dict(d, mp, None, "x")
   assert m.eye_faces.ndim == 1  # derived without the eye lists
 
