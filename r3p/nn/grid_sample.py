@@ -33,8 +33,7 @@ def _check(x, grid, nd, mode, padding_mode):
     raise ValueError(f"grid_sample_{nd}d: grid must be [N,...,{nd}] with N={x.shape[0]}, got shape {grid.shape}")
   if padding_mode not in _PADDING:
     raise ValueError(f"grid_sample: padding_mode must be one of {_PADDING}, got {padding_mode!r}")
-  want = "bilinear"
-  if mode not in (want, "trilinear"):
+  if mode not in ("bilinear", "trilinear"):
     raise ValueError(f"grid_sample: only mode='bilinear' (trilinear for 3-D) is implemented, got {mode!r}")
 
 
