@@ -92,13 +92,29 @@ def load_state_dict(model: nnx.Module, sd: Mapping[str, np.ndarray], *, prefix: 
       continue
     layout = getattr(var, "torch_layout", "none")
     val = to_jax_layout(sub[k], layout)
-    cur = var[...]
+    cur = var.get_value() if hasattr(var, "get_value") else var.value
     if tuple(val.shape) != tuple(cur.shape):
       raise StateDictError(f"shape mismatch for {prefix}{k}: checkpoint {tuple(np.shape(sub[k]))} "
                            f"(as {layout}: {tuple(val.shape)}), model {tuple(cur.shape)}")
-    var[...] = jnp.asarray(val, dtype=cur.dtype)
+    # set_value also fills abstract variables (models built with nnx.eval_shape: no random init cost).
+    new = jnp.asarray(val, dtype=cur.dtype)
+    if hasattr(var, "set_value"):
+      var.set_value(new)
+    else:
+      var.value = new
     loaded.append(prefix + k)
   return loaded
+
+
+def abstract_leaves(model: nnx.Module) -> list[str]:
+  """Paths of variables that still hold abstract shapes (not filled by a load)."""
+  import jax
+  out = []
+  for path, var in nnx.to_flat_state(nnx.state(model)):
+    v = var.get_value() if hasattr(var, "get_value") else var.value
+    if isinstance(v, jax.ShapeDtypeStruct):
+      out.append(torch_key(path))
+  return out
 
 
 def export_state_dict(model: nnx.Module, prefix: str = "") -> dict[str, np.ndarray]:

@@ -83,7 +83,7 @@ class OSAvatarSECC_Img2plane_Torso(nnx.Module):  # noqa: N801 (official class na
     planes = fuse_planes(src["cano_planes"], secc_planes, mode=cfg.phase1_plane_fusion_mode)
     r = render(planes, self.decoder, camera, key=key, coarse_jitter=coarse_jitter, importance_u=importance_u,
                resolution=cfg.neural_rendering_resolution, n_coarse=cfg.num_samples_coarse,
-               n_fine=cfg.num_samples_fine, box_warp=cfg.box_warp, implementation=implementation)
+               n_fine=cfg.num_samples_fine, box_warp=cfg.box_warp, implementation=implementation, dtype=self.dtype)
     feat = r["feature_image"]  # [B,128,128,32]; channels 0..2 = unclamped rgb (the SR input)
     rgb = feat[..., :3]
     thr = cfg.htbsr_head_threshold if head_threshold is None else head_threshold
@@ -140,9 +140,14 @@ def load_official(model: OSAvatarSECC_Img2plane_Torso, sd: Mapping[str, np.ndarr
 def build(sd: Mapping[str, np.ndarray] | None = None, *, config: Config = Config(), dtype=jnp.float32,
           seed: int = 0) -> OSAvatarSECC_Img2plane_Torso:
   """Build the model; with `sd`, load the official weights (params stay fp32; `dtype` is the compute dtype)."""
-  model = OSAvatarSECC_Img2plane_Torso(config, dtype=dtype, rngs=nnx.Rngs(seed))
-  if sd is not None:
-    load_official(model, sd)
+  if sd is None:
+    return OSAvatarSECC_Img2plane_Torso(config, dtype=dtype, rngs=nnx.Rngs(seed))
+  # Loading: build abstractly (random init of 150 M params costs a minute on CPU), then fill every variable.
+  model = nnx.eval_shape(lambda: OSAvatarSECC_Img2plane_Torso(config, dtype=dtype, rngs=nnx.Rngs(seed)))
+  load_official(model, sd)
+  left = t2n.abstract_leaves(model)
+  if left:
+    raise t2n.StateDictError(f"variable {left[0]} was not filled by the state dict ({len(left)} in all)")
   return model
 
 
