@@ -2,9 +2,10 @@
 
     python -m r3p.audio.bench_memory [--seconds 10 600] [--json]
 
-Each length runs in a fresh subprocess (so peaks do not mix): a synthetic 16-kHz stereo clip (band-limited noise
-with a pitch contour, so f0 and HuBERT see speech-like input) goes through `AudioToMotion` with full-size random
-weights (the same shapes as the released ones). Reported: peak RSS (ru_maxrss), wall time, CPU time per second of
+Each length runs in a fresh subprocess (so peaks do not mix): a synthetic 16-kHz stereo 16-bit wav (a gliding
+harmonic tone plus noise, so f0 and HuBERT see voiced input), written by the parent, goes through the CLI's path
+(load -> features -> HuBERT chunks -> A2M) with full-size random weights (the released shapes), after a 2-s warm-up
+that compiles everything. Reported: peak RSS (ru_maxrss), wall time, CPU time per second of
 audio, and the ratio of the longest to the shortest clip (acceptance: <= 1.2).
 """
 from __future__ import annotations
@@ -33,48 +34,56 @@ def synth_clip(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
   return np.stack([x, 0.9 * x], 1)
 
 
-def _child(seconds: float) -> dict:
+def write_clip(path: str, seconds: float, seed: int = 0) -> None:
+  """A synthetic stereo 16-bit 16-kHz wav, written in blocks (the parent's memory is not measured anyway)."""
+  import soundfile as sf
+  x = synth_clip(seconds, seed=seed)
+  sf.write(path, x, 16000, subtype="PCM_16")
+
+
+def _child(path: str) -> dict:
+  """The CLI's path (`r3p.audio.drive.main`) with timings: load -> features -> HuBERT -> A2M."""
   from r3p.audio import features as F
   from r3p.audio.drive import AudioToMotion
-  t0, c0 = time.perf_counter(), time.process_time()
+  t0 = time.perf_counter()
   driver = AudioToMotion.random(0)
   build = time.perf_counter() - t0
-  # warm up the compiled functions on a short clip so the timed run measures steady-state throughput
-  driver(F.Audio(synth_clip(2.0, seed=1), 16000), progress=False)
+  # warm-up on a short clip: compiles the HuBERT chunk function (the same for every length) and A2M
+  driver(F.Audio(synth_clip(2.0, seed=1).astype(np.float32), 16000), progress=False)
   rss_warm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  audio = F.Audio(synth_clip(seconds), 16000)
   t1, c1 = time.perf_counter(), time.process_time()
-  feats = F.extract_features(audio)
+  audio = F.load_audio(path)
+  feats, seconds = F.extract_features(audio), audio.seconds
+  del audio
   t_feat = time.perf_counter() - t1
-  th = time.perf_counter()
-  hub = driver.hubert_features(feats.speech, progress=False)
-  t_hub, c_hub = time.perf_counter() - th, None
-  ta_pad = F.fit_length(hub, feats.padded_frames)
-  ta = time.perf_counter()
-  exp = driver.motion(ta_pad, feats.f0_infer, mouth_amp=0.45, temperature=0.2, seed=0)
-  t_a2m = time.perf_counter() - ta
+  tm = {}
+  out = driver.from_features(feats, seconds, progress=False, timings=tm)
   wall, cpu = time.perf_counter() - t1, time.process_time() - c1
-  del c_hub
   return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "rss_after_warmup_mb": rss_warm / 1024, "build_s": build, "wall_s": wall, "cpu_s": cpu,
-          "features_s": t_feat, "hubert_wall_s": t_hub, "a2m_wall_s": t_a2m,
-          "hubert_wall_s_per_audio_s": t_hub / seconds, "a2m_wall_s_per_audio_s": t_a2m / seconds,
-          "cpu_s_per_audio_s": cpu / seconds, "frames": int(exp.shape[0])}
+          "features_s": t_feat, "hubert_wall_s": tm["hubert_s"], "a2m_wall_s": tm["a2m_s"],
+          "hubert_wall_s_per_audio_s": tm["hubert_s"] / seconds, "a2m_wall_s_per_audio_s": tm["a2m_s"] / seconds,
+          "cpu_s_per_audio_s": cpu / seconds, "frames": int(out["exp"].shape[0])}
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m r3p.audio.bench_memory", description=__doc__.split("\n\n")[0])
   ap.add_argument("--seconds", type=float, nargs="+", default=[10.0, 600.0])
   ap.add_argument("--json", action="store_true")
-  ap.add_argument("--child", type=float, help=argparse.SUPPRESS)
+  ap.add_argument("--child", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.child is not None:
     print("BENCH " + json.dumps(_child(args.child)), flush=True)
     return 0
   results = []
+  import tempfile
+  td = tempfile.TemporaryDirectory()
   for s in args.seconds:
-    p = subprocess.run([sys.executable, "-m", "r3p.audio.bench_memory", "--child", str(s)], capture_output=True,
+    path = os.path.join(td.name, f"clip{s:g}.wav")
+    write_clip(path, s)
+    p = subprocess.run([sys.executable, "-m", "r3p.audio.bench_memory", "--child", path], capture_output=True,
                        text=True, env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu")))
+    os.remove(path)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCH ")]
     if p.returncode != 0 or not line:
       print(f"bench_memory: {s} s run failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)

@@ -71,46 +71,55 @@ class AudioToMotion:
     hub = H.HubertModel(hubert_cfg or RANDOM_HUBERT_CONFIG, rngs=nnx.Rngs(seed))
     return cls(H.HubertChunkRunner(hub), A.PitchContourVAEModel(rngs=nnx.Rngs(seed + 1)), random_weights=True)
 
-  def hubert_features(self, speech: np.ndarray, progress: bool = True) -> np.ndarray:
-    """[N] float64 channel-0 samples -> [T, 1024] (unpadded)."""
-    return H.extract_hubert(self.hubert, F.normalize_speech(speech), progress=progress)
+  def hubert_features(self, speech: np.ndarray, progress: bool = True, pad_to: int = 0) -> np.ndarray:
+    """[N] channel-0 samples -> [max(T, pad_to), 1024] (zero beyond T = (N - 80) // 320)."""
+    return H.extract_hubert(self.hubert, F.normalize_speech(speech), progress=progress, pad_to=pad_to)
 
   def motion(self, hubert_padded: np.ndarray, f0: np.ndarray, *, mouth_amp: float, temperature: float,
              seed: int) -> np.ndarray:
     """[Ta, 1024], [Ta] -> exp [Ta / 2, 64]."""
-    ta = hubert_padded.shape[0]
-    t = ta // 2
+    t = hubert_padded.shape[0] // 2
     noise = jax.random.normal(jax.random.key(seed), (1, -(-t // 4), 16), jnp.float32)
     graphdef, state = nnx.split(self.a2m)
-    exp = _a2m_infer(graphdef, state, jnp.asarray(hubert_padded[None]), jnp.asarray(f0[None], jnp.float32),
-                     jnp.full((1, 1), mouth_amp, jnp.float32), jnp.float32(temperature), noise)
+    # Only the even frames enter the model (its first step is a nearest x0.5 downsampling): half the copy.
+    exp = _a2m_infer(graphdef, state, jnp.asarray(hubert_padded[None, 0:2 * t:2]),
+                     jnp.asarray(f0[None], jnp.float32), jnp.full((1, 1), mouth_amp, jnp.float32),
+                     jnp.float32(temperature), noise)
     return np.asarray(exp[0])
 
-  def __call__(self, audio: F.Audio, *, mouth_amp: float = 0.45, temperature: float = 0.2, seed: int = 0,
-               blink: str = "period", progress: bool = True) -> dict[str, np.ndarray]:
-    feats = F.extract_features(audio)
+  def from_features(self, feats: F.AudioFeatures, audio_seconds: float, *, mouth_amp: float = 0.45,
+                    temperature: float = 0.2, seed: int = 0, blink: str = "period", progress: bool = True,
+                    timings: dict | None = None) -> dict[str, np.ndarray]:
+    """The driver on precomputed features. Consumes `feats` (drops its waveforms once HuBERT has run, so that
+    long clips do not hold them during the A2M step)."""
     if feats.hubert_frames == 0:
-      raise F.AudioError(f"{audio.path or 'audio'}: too short for one HuBERT frame")
-    hub = self.hubert_features(feats.speech, progress)
-    ta = feats.padded_frames
-    hub_padded = F.fit_length(hub, ta)
-    del hub
+      raise F.AudioError("audio too short for one HuBERT frame")
+    t0 = time.perf_counter()
+    hub = self.hubert_features(feats.speech, progress, pad_to=feats.padded_frames)
+    feats.speech = feats.wav_mono = None
     f0 = feats.f0_infer
-    exp = self.motion(hub_padded, f0, mouth_amp=mouth_amp, temperature=temperature, seed=seed)
+    t1 = time.perf_counter()
+    exp = self.motion(hub, f0, mouth_amp=mouth_amp, temperature=temperature, seed=seed)
+    if timings is not None:
+      timings.update(hubert_s=t1 - t0, a2m_s=time.perf_counter() - t1)
     t = exp.shape[0]
-    return {"exp": exp.astype(np.float32), "hubert": hub_padded, "f0": f0,
+    return {"exp": exp.astype(np.float32), "hubert": hub, "f0": f0,
             "blink": blink_schedule(t, seed) if blink == "period" else np.zeros(t, np.float32),
-            "fps": np.int32(FPS), "audio_seconds": np.float32(audio.seconds), "mouth_amp": np.float32(mouth_amp),
+            "fps": np.int32(FPS), "audio_seconds": np.float32(audio_seconds), "mouth_amp": np.float32(mouth_amp),
             "temperature": np.float32(temperature), "seed": np.int32(seed),
             "random_weights": np.bool_(self.random_weights)}
+
+  def __call__(self, audio: F.Audio, **kw) -> dict[str, np.ndarray]:
+    """Audio (16 kHz) -> the output dict (see module doc); keywords as `from_features`."""
+    return self.from_features(F.extract_features(audio), audio.seconds, **kw)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def _a2m_infer(graphdef, state, hubert, f0, mouth_amp, temperature, noise):
   model = nnx.merge(graphdef, state)
-  t = hubert.shape[1] // 2
+  t = hubert.shape[1]  # hubert holds the even (25-fps) frames
   return model.infer(hubert, f0, jnp.ones((1, t), hubert.dtype), None, mouth_amp, temperature=temperature,
-                     noise=noise)
+                     noise=noise, hubert_25fps=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,12 +166,14 @@ def main(argv=None) -> int:
       driver = AudioToMotion.random(args.seed)
     else:
       driver = AudioToMotion.from_checkpoints(args.hubert_ckpt, args.a2m_ckpt)
-    out = driver(audio, mouth_amp=args.mouth_amp, temperature=args.temperature, seed=args.seed, blink=args.blink,
-                 progress=not args.no_progress)
+    feats, seconds = F.extract_features(audio), audio.seconds
+    del audio  # long clips: the multi-channel waveform is not needed past the features
+    out = driver.from_features(feats, seconds, mouth_amp=args.mouth_amp, temperature=args.temperature,
+                               seed=args.seed, blink=args.blink, progress=not args.no_progress)
   except (F.AudioError, CheckpointFileError, StateDictError) as e:
     return fail(str(e).splitlines()[0])
   np.savez(args.out, **out)
-  print(f"r3p.audio.drive: {audio.seconds:.2f} s of audio -> {out['exp'].shape[0]} frames of exp at {FPS} fps "
+  print(f"r3p.audio.drive: {seconds:.2f} s of audio -> {out['exp'].shape[0]} frames of exp at {FPS} fps "
         f"in {time.perf_counter() - t0:.1f} s -> {args.out}", file=sys.stderr)
   return 0
 

@@ -1,7 +1,9 @@
 """Audio loading and the official audio features (PIPELINE.md §5).
 
 Conventions (all at 16 kHz):
-  * `load_audio(path)` -> `Audio(samples [N, C] float64 in [-1, 1), sr=16000)`. Like the official pipeline (which
+  * `load_audio(path)` -> `Audio(samples [N, C] float32 = int16 / 32768 exactly, sr=16000)`. The official code
+    reads float64; 16-bit values are exact in float32, which halves the memory of long clips. Like the official
+    pipeline (which
     runs `ffmpeg -ar 16000` to a 16-bit wav first), anything that is not already a 16-kHz 16-bit PCM file goes
     through ffmpeg (the binary shipped with imageio-ffmpeg) to 16-bit PCM at 16 kHz, channels kept.
   * Channel rule: HuBERT sees channel 0 only (`hubert_channel`); mel / f0 see the mean of the channels in float32
@@ -37,7 +39,7 @@ class AudioError(ValueError):
 
 @dataclasses.dataclass
 class Audio:
-  samples: np.ndarray   # [N, C] float64, int16 / 32768
+  samples: np.ndarray   # [N, C] float32 (or float64), int16 / 32768
   sr: int
   path: str = ""
 
@@ -60,7 +62,7 @@ def ffmpeg_exe() -> str:
 
 def _read_wav(path: str) -> tuple[np.ndarray, int]:
   import soundfile as sf
-  x, sr = sf.read(path, dtype="float64", always_2d=True)
+  x, sr = sf.read(path, dtype="float32", always_2d=True)
   return x, int(sr)
 
 
@@ -109,9 +111,10 @@ def _checked(a: Audio) -> Audio:
 
 
 def hubert_channel(samples: np.ndarray) -> np.ndarray:
-  """The HuBERT input: channel 0 (the official `speech[:, 0]`), float64 [N]."""
+  """The HuBERT input: channel 0 (the official `speech[:, 0]`), a contiguous copy [N] (so the multi-channel
+  array can be freed)."""
   s = np.asarray(samples)
-  return s[:, 0] if s.ndim == 2 else s
+  return np.ascontiguousarray(s[:, 0]) if s.ndim == 2 else s
 
 
 def mel_channel(samples: np.ndarray) -> np.ndarray:
@@ -218,7 +221,7 @@ def f0_to_coarse(f0, torch_rounding: bool = False) -> np.ndarray:
 @dataclasses.dataclass
 class AudioFeatures:
   """Everything the audio-driven path needs from a file, before HuBERT."""
-  speech: np.ndarray     # [N] float64, HuBERT input (channel 0)
+  speech: np.ndarray     # [N] HuBERT input (channel 0), int16 / 32768
   wav_mono: np.ndarray   # [N] float32
   mel: np.ndarray        # [Tm, 80]
   f0: np.ndarray         # [Tm] Hz (float64)
@@ -238,7 +241,7 @@ def extract_features(audio: Audio) -> AudioFeatures:
   if n < N_FFT:
     raise AudioError(f"{audio.path or 'audio'}: too short ({n} samples; at least {N_FFT} = "
                      f"{N_FFT / SAMPLE_RATE * 1000:.0f} ms needed)")
-  speech = hubert_channel(audio.samples).astype(np.float64)
+  speech = hubert_channel(audio.samples)
   mono = mel_channel(audio.samples)
   mel, f0 = mel_and_f0(mono)
   t = num_hubert_frames(n)
@@ -248,4 +251,6 @@ def extract_features(audio: Audio) -> AudioFeatures:
 def normalize_speech(speech: np.ndarray) -> np.ndarray:
   """The Wav2Vec2 processor: float32, zero mean / unit variance over the whole utterance (ddof 0, eps 1e-7)."""
   x = np.asarray(speech, np.float32)
-  return ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+  y = x - x.mean()                      # same float32 operations as (x - mean) / sqrt(var + eps), one buffer
+  y /= np.sqrt(x.var() + 1e-7)
+  return y

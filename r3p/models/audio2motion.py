@@ -151,8 +151,10 @@ class PitchContourVAEModel(nnx.Module):
     self.vae = FVAE(in_out=cfg.in_out_dim, gin=f, rngs=rngs, **kw)
 
   # -- conditioning ---------------------------------------------------------------------------------------
-  def condition(self, hubert, f0, blink=None, mouth_amp=None, eye_amp=None, train: bool = False, record=None):
-    """-> g [B, T, 128] at 25 fps."""
+  def condition(self, hubert, f0, blink=None, mouth_amp=None, eye_amp=None, train: bool = False, record=None,
+                hubert_25fps: bool = False):
+    """-> g [B, T, 128] at 25 fps. hubert_25fps: `hubert` is already the even frames [B, Ta / 2, 1024] (identical
+    to the model's own nearest x0.5 step; saves a full-rate copy for long clips)."""
     b, ta = f0.shape
     if blink is None:
       blink = jnp.zeros((b, ta, 1), jnp.int32)
@@ -160,7 +162,7 @@ class PitchContourVAEModel(nnx.Module):
     if record is not None:
       record["blink_embed"] = blink_feat
     blink_feat = downsample_nearest(blink_feat)
-    mel = downsample_nearest(hubert)
+    mel = hubert if hubert_25fps else downsample_nearest(hubert)
     f0_ds = downsample_nearest(f0[..., None])[..., 0]
     coarse = f0_to_coarse(f0_ds)
     cond_feat = apply_conv_bn_gelu_conv(self.mel_encoder, mel, train)
@@ -180,9 +182,9 @@ class PitchContourVAEModel(nnx.Module):
 
   # -- inference ------------------------------------------------------------------------------------------
   def infer(self, hubert, f0, y_mask=None, blink=None, mouth_amp=None, *, temperature: float = 1.0,
-            noise: Array | None = None, key: Array | None = None, record=None):
+            noise: Array | None = None, key: Array | None = None, record=None, hubert_25fps: bool = False):
     """-> exp [B, T, 64]. noise: the prior draw eps [B, T/4, 16] (else drawn from `key`)."""
-    g = self.condition(hubert, f0, blink, mouth_amp, train=False, record=record)
+    g = self.condition(hubert, f0, blink, mouth_amp, train=False, record=record, hubert_25fps=hubert_25fps)
     vae = self.vae
     g_sqz = vae.g_pre_net[0](g)
     shape = (g_sqz.shape[0], g_sqz.shape[1], vae.latent)

@@ -313,12 +313,16 @@ class HubertChunkRunner:
     return np.asarray(out[0, :t])
 
 
-def extract_hubert(runner: HubertChunkRunner, input_values: np.ndarray, progress: bool = False) -> np.ndarray:
-  """The official chunked feature extraction: normalised wav [N] -> [(N - 80) // 320, hidden] float32."""
+def extract_hubert(runner: HubertChunkRunner, input_values: np.ndarray, progress: bool = False,
+                   pad_to: int = 0) -> np.ndarray:
+  """The official chunked feature extraction: normalised wav [N] -> [(N - 80) // 320, hidden] float32.
+
+  pad_to: allocate at least this many frames, zero beyond T (the inference x8 padding without a second copy).
+  """
   x = np.asarray(input_values, np.float32)
   n = x.shape[0]
   expected = max((n - (KERNEL - HOP)) // HOP, 0)
-  out = np.zeros((expected, runner.model.config.hidden_size), np.float32)
+  out = np.zeros((max(expected, pad_to), runner.model.config.hidden_size), np.float32)
   pos = 0
   plan = chunk_plan(n)
   it = plan

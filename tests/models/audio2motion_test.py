@@ -47,6 +47,9 @@ def test_infer_shapes_temperature_and_noise(model):
   assert np.abs(np.asarray(a - c)).max() > 0  # temperature scales the prior draw
   d = model.infer(h, f0, ym, mouth_amp=np.array([[0.9]], np.float32), temperature=0.2, noise=noise)
   assert np.abs(np.asarray(a - d)).max() > 0  # mouth_amp conditions the output
+  e = model.infer(h[:, ::2], f0, ym, mouth_amp=np.array([[0.45]], np.float32), temperature=0.2, noise=noise,
+                  hubert_25fps=True)  # pre-downsampled HuBERT (the long-clip path) is the same computation
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
 
 
 def test_f0_coarse_matches_numpy_torch_rule():
