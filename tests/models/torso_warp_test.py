@@ -232,6 +232,8 @@ def test_generator_unit_records():
   base = f"unit:{PREFIX}.deform_based_generator"
   if not fc.has(base + "/out0"):
     pytest.skip("case has no unit records for the torso generator")
+  other_units = [n for n in fc.names(f"unit:{PREFIX}") if not n.startswith(base + "/")]
+  assert not other_units, f"unit records without a comparison: {other_units}"
   fs = jnp.asarray(np.moveaxis(fc.record(base + "/in0"), 1, -1))
   deformation = jnp.asarray(fc.record(base + "/in1"))
   occ = jnp.asarray(nchw_to_nhwc(fc.record(base + "/in2")))
