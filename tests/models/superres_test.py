@@ -192,3 +192,20 @@ def test_whole_sr_from_recorded_inputs(case_name):
     rep.append(f"outputs[{k!r}]: max|d|={dk:.3g} (tol 1e-5 abs)")
     assert dk <= 1e-5, rep
   print("\n" + "\n".join(rep))
+
+
+@pytest.mark.slow
+def test_bf16_block0_close_to_fp32(b1):
+  """dtype=bfloat16 (convolutions in bf16, modulation statistics in fp32) stays close to fp32 on block0.
+  Measured on the whole SR image (b1, with the torso model): max|Δ| ≈ 1e-2, mean ≈ 1e-3."""
+  case, sd, model = b1
+  m16 = superres.from_state_dict(sd, with_torso=False, dtype=jnp.bfloat16)
+  x = nhwc(np.concatenate([case.outputs["image_raw"], case.outputs["image_feature"]], 1))
+  w = nhwc(case.outputs["weights_img"])
+  head = nnx.jit(lambda m, rgb, x, w: m.head(rgb, x, w, m.default_ws(1)))
+  r32, r16 = head(model, x[..., :3], x, w), head(m16, x[..., :3], x, w)
+  assert r16["x_head"].dtype == jnp.bfloat16 and r16["rgb_head"].dtype == jnp.float32
+  d = float(jnp.abs(r32["rgb_head"] - r16["rgb_head"]).max())
+  scale = float(jnp.abs(r32["rgb_head"]).max())
+  print(f"\nbf16 vs fp32 block0 rgb: max|d|={d:.3g} (max|rgb|={scale:.3g})")
+  assert 0 < d <= 0.05 * scale

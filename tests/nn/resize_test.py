@@ -3,7 +3,7 @@ record that is an AA resize (`superresolution.bg_encoder/in0` = AA-resize(bg_img
 import numpy as np
 import pytest
 
-from tests.conftest import FIXTURES, shared_path
+from tests.conftest import shared_path
 
 import jax.numpy as jnp
 

@@ -7,7 +7,6 @@ renderer, must match within 1e-4 × the record's max |value|.
 import numpy as np
 import pytest
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
