@@ -1,0 +1,75 @@
+"""python -m train.main --config configs/motion_adapter.py:tiny --workdir /tmp/r3p_ma_tiny
+
+Stage 2 of Real3D-Portrait (TRAINING §1.3, §2.3): the SECC motion adapter (secc2plane) on top of the canonical
+I2P, decoder and SR. Variants:
+  tiny — CPU, ~2 min for 200 steps on 2 cores: the embedded synthetic dataset at 64², a tiny conv canonical
+         encoder instead of the I2P (Img2PlaneModel has no size option), MiT with dims (8,16,16,16) / depth 1,
+         head dim 16, rendering at 32² with 12+12 samples, no SR (the raw-image phase only), global batch 2,
+         schedule times scaled ÷1000. Loss: masked L1 on raw + opacity + density + SECC/blink regularisers.
+  full — the released sizes (I2P, MiT-b0, OSGDecoder, 128² × 48+48 render, HTB-SR shapes), batch 1 per device,
+         released schedule (lr 1e-4, warmup 4000, ×0.95 / 5k, floor 5e-6, max 250k). Used for the compiled
+         memory/cost analysis (`python -m train.main --config configs/motion_adapter.py:full --analyze_only`).
+Ablations: `:tiny,ablation=no_reg` (no SECC/blink/density regularisers).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+ABLATIONS = {
+    "none": {},
+    "no_reg": {"loss.density": 0.0, "loss.secc_target": 0.0, "loss.blink_target": 0.0},
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(arg, variant="tiny", ablation="none")
+  c = common.base_config()
+  c.stage = "motion_adapter"
+  c.variant = a.variant
+  c.ablation = a.ablation
+  tiny = a.variant == "tiny"
+  if a.variant not in ("tiny", "full"):
+    raise ValueError(f"unknown variant {a.variant!r} (tiny | full)")
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="synthetic", size=64 if tiny else 512, n_clips=16, n_items=4096, global_batch=2 if tiny else 8))
+  c.model = ml_collections.ConfigDict(dict(
+      tiny=tiny,
+      cano_channels=16,                               # tiny conv canonical encoder width
+      mit_dims=(8, 16, 16, 16) if tiny else (32, 64, 160, 256),
+      mit_heads=(1, 1, 1, 1) if tiny else (1, 2, 5, 8),
+      mit_mlp_ratios=(2, 2, 2, 2) if tiny else (4, 4, 4, 4),
+      mit_depths=(1, 1, 1, 1) if tiny else (2, 2, 2, 2),
+      mit_sr_ratios=(8, 4, 2, 1),
+      head_dim=16 if tiny else 256,
+      render_resolution=32 if tiny else 128,
+      n_coarse=12 if tiny else 48,
+      n_fine=12 if tiny else 48,
+      use_sr=not tiny,
+  ))
+  scale = 1000 if tiny else 1
+  c.total_steps = 200 if tiny else 250_000
+  c.optim = ml_collections.ConfigDict(dict(
+      lr_g=1e-3 if tiny else 1e-4, lr_d=2e-4, warmup=4000 // scale, decay_every=5000 // scale, decay=0.95,
+      floor=5e-6, cano_hold=6000 // scale, cano_hold_lr=5e-6, decoder_start=6000 // scale,
+      sr_start=30000 // scale, start_adv=200_000 // scale, stop_update_i2p=70_000 // scale,
+      b1=0.0, b2=0.99, clip=1.0, d_reg_interval=16))
+  c.loss = ml_collections.ConfigDict(dict(
+      mse=1.0, mse_raw=1.0, unmasked_weight=0.2, weights_l1=0.1, weights_entropy=0.01, density=0.25 * 4,
+      reg_interval=4, secc_target=0.0, blink_target=0.3, lambda_lr=0.01, lambda_init=1e-3, src2src_interval=16))
+  c.log_every = 10 if tiny else 100
+  c.ckpt_every = 50 if tiny else 5000
+  c.keep_period = 0 if tiny else 50_000
+  if tiny:
+    c.mesh.data = -1
+  for k, v in ABLATIONS[a.ablation].items():
+    sub, key = k.split(".")
+    c[sub][key] = v
+  return c
+
+
+def get_sweep():
+  """Named runs for `python -m train.sweep --config configs/motion_adapter.py:tiny` without --sweep."""
+  return [{"optim.lr_g": v} for v in (3e-4, 1e-3)]

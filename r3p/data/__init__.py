@@ -1,0 +1,1 @@
+"""Training data: the embedded synthetic talking-head set (`synthetic`), the Grain pipeline (`pipeline`)."""

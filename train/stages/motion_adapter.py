@@ -1,0 +1,174 @@
+"""Stage 2, the motion adapter (TRAINING §1.3, §2.3): model assembly and the G loss as a pure function.
+
+Children mirror the official prefixes: `cano_img2plane_backbone`, `secc_img2plane_backbone`, `decoder`
+(and `superresolution` in `full`). In `tiny`, the canonical branch is `TinyImg2Plane` (defined here: the
+core Img2PlaneModel has no size option) and there is no SR: the raw-image (128-branch) losses only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r3p import losses
+from r3p.data import synthetic
+from r3p.models.decoder import OSGDecoder
+from r3p.models.motion_adapter import SegFormerSECC2PlaneBackbone, fuse_planes
+from r3p.models.planes import to_planes
+from r3p.nn.layers import Conv2d
+from r3p.nn.segformer import MiTConfig
+from r3p.render import triplane
+from r3p.render.renderer import render
+
+Array = jax.Array
+GROUPS = ("cano", "ma", "decoder", "sr")
+_PREFIX_GROUP = {"cano_img2plane_backbone": "cano", "secc_img2plane_backbone": "ma", "decoder": "decoder",
+                 "superresolution": "sr"}
+
+
+class TinyImg2Plane(nnx.Module):
+  """Stand-in canonical encoder for CPU runs: img [B,S,S,3] -> planes [B,3,S/2,S/2,32] (2 convs + to_planes)."""
+
+  def __init__(self, channels: int = 16, *, rngs: nnx.Rngs):
+    self.conv0 = Conv2d(3, channels, 3, stride=2, padding=1, rngs=rngs)
+    self.conv1 = Conv2d(channels, 96, 3, padding=1, rngs=rngs)
+
+  def __call__(self, img: Array) -> Array:
+    return to_planes(self.conv1(jax.nn.leaky_relu(self.conv0(img), 0.2)))
+
+
+class MotionAdapterModel(nnx.Module):
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    m = cfg.model
+    if m.tiny:
+      self.cano_img2plane_backbone = TinyImg2Plane(m.cano_channels, rngs=rngs)
+    else:
+      from r3p.models.img2plane import Img2PlaneModel
+      self.cano_img2plane_backbone = Img2PlaneModel(rngs=rngs)
+    mit = MiTConfig(embed_dims=tuple(m.mit_dims), num_heads=tuple(m.mit_heads), mlp_ratios=tuple(m.mit_mlp_ratios),
+                    depths=tuple(m.mit_depths), sr_ratios=tuple(m.mit_sr_ratios))
+    self.secc_img2plane_backbone = SegFormerSECC2PlaneBackbone(mit=mit, embedding_dim=m.head_dim, rngs=rngs)
+    self.decoder = OSGDecoder(rngs=rngs)
+    # BatchNorm (SegFormerHead) in training mode: batch statistics over the *global* batch (GSPMD computes the
+    # mean over the sharded batch axis), i.e. cross-replica BN like the official SyncBN.
+    for _, mod in self.iter_modules():
+      if hasattr(mod, "use_running_average"):
+        mod.use_running_average = False
+
+  def secc_planes(self, cano_secc: Array, src_secc: Array, tgt_secc: Array) -> Array:
+    return self.secc_img2plane_backbone(jnp.concatenate([cano_secc, src_secc, tgt_secc], axis=-1))
+
+
+def build_model(cfg, rngs: nnx.Rngs) -> MotionAdapterModel:
+  return MotionAdapterModel(cfg, rngs=rngs)
+
+
+def param_group(path: tuple) -> str:
+  """Optimiser group of a param path (official G groups 0..3 = cano I2P, MA, decoder, SR)."""
+  return _PREFIX_GROUP[str(path[0])]
+
+
+def _resize(x: Array, size: int, method: str = "linear") -> Array:
+  if x.shape[1] == size:
+    return x
+  return jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), method, antialias=(method != "nearest"))
+
+
+def _dilate_size(size: int) -> int:
+  k = max(1, round(41 * size / 512))  # the official 41×41 dilation at 512, scaled to this image size
+  return k if k % 2 else k + 1
+
+
+def _raw_losses(cfg, raw, weights, img, head_mask, prefix):
+  m, lw = cfg.model, cfg.loss
+  res = m.render_resolution
+  mask = _resize(losses.basic.dilate(head_mask, _dilate_size(img.shape[1])), res, "nearest")
+  head_res = _resize(head_mask, res, "nearest")
+  out = {
+      f"{prefix}_img_mae_raw": losses.masked_l1(raw, _resize(img, res), mask, unmasked_weight=lw.unmasked_weight),
+      f"{prefix}_weights_l1_loss": losses.opacity_l1(weights, head_res),
+      f"{prefix}_weights_entropy_loss": losses.opacity_entropy(weights),
+  }
+  total = (lw.mse_raw * out[f"{prefix}_img_mae_raw"] + lw.weights_l1 * out[f"{prefix}_weights_l1_loss"]
+           + lw.weights_entropy * out[f"{prefix}_weights_entropy_loss"])
+  return total, out
+
+
+def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, step: Array,
+           lambdas: dict[str, Array]) -> tuple[Array, tuple[dict[str, Array], dict[str, Array]]]:
+  """Total G loss (scalar), per-term metrics and the updated auto-tuned λs (TRAINING §2.3).
+
+  Compile-time economy (one static program, no lax.cond): the src2src branch and the lazy regularisers are
+  computed every step and weighted by their schedule flag (0/1), which gives the official gradients on the
+  official steps. The six extra SECC-branch passes (src2src, perturbation base/perturbed, blink p1/p2/p3) run as
+  one `vmap` over passes, so each pass keeps its own BatchNorm batch statistics, as separate torch forwards do;
+  only the main src2tgt pass updates the running statistics.
+  """
+  lw, m = cfg.loss, cfg.model
+  k_render, k_dens, k_reg = jax.random.split(key, 3)
+  b, size = batch["cond_tgt"].shape[0], batch["cond_tgt"].shape[1]
+  cano, src = batch["cond_cano"], batch["cond_src"]
+  cano_planes = model.cano_img2plane_backbone(batch["ref_img"])
+  diff_mv = model.secc_planes(cano, src, batch["cond_tgt"])
+
+  # Regulariser SECCs (§2.3): perturbation (ref with prob 0.25, one draw per batch; id/exp + N(0, 0.01²)) and
+  # blink linearity (per sample: base ref with prob 0.25; eyes closed by p1 ~ U(0,.5), p3 ~ U(.5,1), p2 = mean).
+  kp, kn1, kn2, k1, k3, kr = jax.random.split(k_reg, 6)
+  use_ref = jax.random.uniform(kp) < 0.25
+  expr = jnp.where(use_ref, batch["ref_expr"], batch["tgt_expr"])
+  yaw = jnp.where(use_ref, batch["ref_yaw"], batch["tgt_yaw"])
+  base_secc = synthetic.secc_batch(batch["ident"], expr, yaw, size)
+  pert_secc = synthetic.secc_batch(batch["ident"] + 0.01 * jax.random.normal(kn1, batch["ident"].shape),
+                                   expr + 0.01 * jax.random.normal(kn2, expr.shape), yaw, size)
+  p1 = jax.random.uniform(k1, (b,), minval=0.0, maxval=0.5)
+  p3 = jax.random.uniform(k3, (b,), minval=0.5, maxval=1.0)
+  ref_pick = jax.random.uniform(kr, (b,)) < 0.25
+  bexpr = jnp.where(ref_pick[:, None], batch["ref_expr"], batch["tgt_expr"])
+  byaw = jnp.where(ref_pick, batch["ref_yaw"], batch["tgt_yaw"])
+  def closed(p):
+    return synthetic.secc_batch(batch["ident"], bexpr.at[:, 1].set(bexpr[:, 1] * (1 - p)), byaw, size)
+  tgts = jnp.stack([src, base_secc, pert_secc, closed(p1), closed((p1 + p3) / 2), closed(p3)])
+  graphdef, snapshot = nnx.split(model.secc_img2plane_backbone)
+  def one_pass(tgt):
+    bb = nnx.merge(graphdef, jax.tree.map(lambda x: x, snapshot))  # fresh copy: its BN-stat updates are dropped
+    return bb(jnp.concatenate([cano, src, tgt], axis=-1))
+  d_ref, d_base, d_pert, d_b1, d_b2, d_b3 = jax.vmap(one_pass)(tgts)
+
+  # One render call for src2tgt (mv) and src2src (ref).
+  planes_mv = fuse_planes(cano_planes, diff_mv, mode="add")
+  planes_ref = fuse_planes(cano_planes, d_ref, mode="add")
+  r = render(jnp.concatenate([planes_mv, planes_ref]), model.decoder,
+             jnp.concatenate([batch["tgt_camera"], batch["ref_camera"]]), key=k_render,
+             resolution=m.render_resolution, n_coarse=m.n_coarse, n_fine=m.n_fine, chunk_rays=None)
+  raw, w = r["feature_image"][..., :3], r["weights_image"]
+  total, metrics = _raw_losses(cfg, raw[:b], w[:b], batch["tgt_img"], batch["tgt_head_mask"], "mv")
+  ref_total, ref_metrics = _raw_losses(cfg, raw[b:], w[b:], batch["ref_img"], batch["ref_head_mask"], "ref")
+  ref_on = (step % lw.src2src_interval == 0).astype(jnp.float32)
+  total = total + ref_on * ref_total
+  metrics.update({k: ref_on * v for k, v in ref_metrics.items()})
+
+  def sigma(pts):
+    s, _ = model.decoder(triplane.sample_mean(planes_mv, pts))
+    return s
+  dens = losses.density_reg_l1(sigma, k_dens, b)
+  secc_l = jnp.mean(jnp.abs(d_base - d_pert))
+  blink_l = jnp.mean(jnp.abs(d_b2 - (d_b1 + d_b3) / 2))
+  on = step % lw.reg_interval == 0
+  lam_secc = jnp.where(on, losses.update_lambda(lambdas["secc"], secc_l, lw.secc_target, lr=lw.lambda_lr,
+                                                max_value=0.2), lambdas["secc"])
+  lam_blink = jnp.where(on, losses.update_lambda(lambdas["blink"], blink_l, lw.blink_target, lr=lw.lambda_lr,
+                                                 max_value=2.0), lambdas["blink"])
+  reg_on = on.astype(jnp.float32)
+  total = total + reg_on * (lw.density * dens + 4 * (jax.lax.stop_gradient(lam_secc) * secc_l
+                                                      + jax.lax.stop_gradient(lam_blink) * blink_l))
+  metrics.update({"regularize_density_l1": dens, "regularize_pertube_secc_mae": secc_l,
+                  "regularize_blink_secc_mae": blink_l, "lambda_secc": lam_secc, "lambda_blink": lam_blink})
+  return total, (metrics, {"secc": lam_secc, "blink": lam_blink})
+
+
+def init_lambdas(cfg) -> dict[str, Any]:
+  return {"secc": jnp.full((), cfg.loss.lambda_init if cfg.loss.secc_target > 0 else 0.0, jnp.float32),
+          "blink": jnp.full((), cfg.loss.lambda_init if cfg.loss.blink_target > 0 else 0.0, jnp.float32)}
