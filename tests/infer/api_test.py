@@ -1,0 +1,167 @@
+"""r3p.api + r3p.infer end to end with random weights on the real face/audio front ends (MediaPipe, synthetic
+face model, a 1-layer random HuBERT, the random A2M) and a small stand-in for the portrait network
+(`tiny_net.py`; the full network costs ~10 s per frame on a 2-core CPU: see infer_full_test.py, slow).
+
+One `Portrait` is built per module; the CLI tests route `--random_weights` to it, so the source portrait is
+prepared once (and the cache itself is tested)."""
+import os
+import pathlib
+import wave
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from r3p import api, infer, video
+from r3p.models import hubert as H
+from tests.conftest import shared_path
+from tests.infer.tiny_net import TinyPortraitNet
+
+SMALL_HUBERT = H.HubertConfig(num_hidden_layers=1, intermediate_size=1024, conv_dim=(32,) * 7,
+                              num_conv_pos_embeddings=16)
+
+
+@pytest.fixture(scope="module")
+def assets():
+  return {"src": shared_path("assets", "examples", "Macron.png"),
+          "aud": shared_path("assets", "examples", "Obama_5s.wav"),
+          "bg": shared_path("assets", "examples", "bg.png"),
+          "mp": shared_path("assets", "mediapipe", "face_landmarker.task").parent}
+
+
+@pytest.fixture(scope="module")
+def portrait(assets):
+  mp = assets["mp"]
+  return api.Portrait.random_weights(0, landmarker=mp / "face_landmarker.task",
+                                     segmenter=mp / "selfie_segmentation.tflite", hubert_config=SMALL_HUBERT,
+                                     model=TinyPortraitNet(rngs=nnx.Rngs(0)), log=lambda s: None)
+
+
+@pytest.fixture
+def cli(portrait, monkeypatch, capsys):
+  """Runs `r3p infer` in-process with --random_weights bound to the module's portrait; returns (rc, stderr)."""
+  monkeypatch.setattr(api.Portrait, "random_weights", classmethod(lambda cls, *a, **k: portrait))
+
+  def run(*argv):
+    rc = infer.main(list(map(str, argv)))
+    return rc, capsys.readouterr().err
+  return run
+
+
+def _no_leftovers(d: pathlib.Path, keep=()):
+  left = sorted(p.name for p in d.iterdir() if p.name not in keep)
+  assert left == [], f"left behind: {left}"
+
+
+def test_cli_full_clip_has_the_audio_length(cli, assets, tmp_path):
+  out = tmp_path / "OUT.mp4"
+  rc, err = cli("--random_weights", "--src_img", assets["src"], "--drv_aud", assets["aud"], "--out_name", out,
+                "--no_progress")
+  assert rc == 0, err
+  info = video.probe(out)
+  with wave.open(str(assets["aud"])) as w:
+    secs = w.getnframes() / w.getframerate()
+  assert info["has_audio"] and (info["width"], info["height"]) == (512, 512)
+  # The driver yields ceil-to-8 HuBERT frames / 2; -shortest trims the video to the audio (±2 frames).
+  assert abs(info["video_frames"] / 25 - secs) <= 2 / 25 + 1e-6, (info, secs)
+  _no_leftovers(tmp_path, {"OUT.mp4"})
+
+
+def test_concat_debug_and_alpha(cli, assets, tmp_path):
+  out = tmp_path / "dbg.mp4"
+  rc, err = cli("--random_weights", "--src_img", assets["src"], "--drv_aud", assets["aud"], "--out_name", out,
+                "--out_mode", "concat_debug", "--max_frames", 5, "--chunk", 4, "--no_progress")
+  assert rc == 0, err
+  info = video.probe(out)
+  assert (info["width"], info["height"], info["video_frames"]) == (2560, 512, 5)
+  rc, err = cli("--random_weights", "--src_img", assets["src"], "--drv_aud", assets["aud"], "--out_name",
+                tmp_path / "m.mp4", "--out_mode", "alpha", "--max_frames", 3, "--no_progress")
+  assert rc == 0, err
+  import cv2
+  pngs = sorted((tmp_path / "m").iterdir())
+  assert len(pngs) == 3
+  rgba = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+  assert rgba.shape == (512, 512, 4) and rgba[..., 3].std() > 0
+
+
+def test_same_seed_same_frames_and_chunking(portrait, assets):
+  def frames(seed, chunk=4, **kw):
+    opts = api.Options(seed=seed, chunk=chunk, max_frames=6, **kw)
+    prep = portrait.prepare(assets["src"])
+    drv = portrait.driving(prep, assets["aud"], opts)
+    return np.stack(list(portrait.frames(prep, drv, opts)))
+  a, b, c = frames(0), frames(0), frames(1)
+  assert a.shape == (6, 512, 512, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a.astype(int) - c).max() > 0  # the seed reaches the A2M noise and the renderer's draws
+  # No blinks and no renderer noise dependence on chunk boundaries beyond the key: chunk 1 vs 6 give the same
+  # frames up to the stand-in's tiny per-chunk noise term (≤ 0.05 of the tanh input -> a few uint8 levels).
+  d = frames(0, chunk=1)
+  assert np.abs(a.astype(int) - d).max() <= 8
+
+
+def test_canonical_planes_cached(portrait, assets, tmp_path):
+  import time
+  portrait._cache.clear()
+  calls = portrait.network.source_calls
+  times, msgs = [], []
+  for i in range(2):
+    t = time.perf_counter()
+    evs = list(portrait.animate(assets["src"], assets["aud"], tmp_path / f"o{i}.mp4", max_frames=2))
+    times.append(next(e.elapsed_s for e in evs if e.stage == "motion"))
+    msgs.append(next(e.message for e in evs if e.stage == "motion"))
+  assert portrait.network.source_calls == calls + 1
+  assert msgs == ["canonical planes computed", "canonical planes reused"]
+  assert times[1] < times[0]
+  print(f"time to motion stage: first {times[0]:.2f} s, second (cached) {times[1]:.3f} s")
+
+
+def _write_wav(path, samples):
+  with wave.open(str(path), "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(16000)
+    w.writeframes(np.asarray(samples, np.int16).tobytes())
+
+
+@pytest.mark.parametrize("case", ["missing_src", "corrupt_img", "no_face", "silent", "empty", "unsupported",
+                                  "bad_out", "bad_mode_value", "tiny_img", "ckpt_dir"])
+def test_bad_inputs_one_line_no_output(cli, assets, tmp_path, case):
+  import cv2
+  src, aud = assets["src"], assets["aud"]
+  out = tmp_path / "out" / "o.mp4"
+  extra = ["--random_weights"]
+  if case == "missing_src":
+    src = tmp_path / "nope.png"
+  elif case == "corrupt_img":
+    src = tmp_path / "c.png"
+    src.write_bytes(b"\x89PNG garbage")
+  elif case == "no_face":
+    src = tmp_path / "gray.png"
+    cv2.imwrite(str(src), np.full((256, 256, 3), 128, np.uint8))
+  elif case == "tiny_img":
+    src = tmp_path / "tiny.png"
+    cv2.imwrite(str(src), np.full((20, 20, 3), 128, np.uint8))
+  elif case == "silent":
+    aud = tmp_path / "s.wav"
+    _write_wav(aud, np.zeros(16000))
+  elif case == "empty":
+    aud = tmp_path / "e.wav"
+    _write_wav(aud, np.zeros(0))
+  elif case == "unsupported":
+    aud = tmp_path / "a.txt"
+    aud.write_text("hello")
+  elif case == "bad_out":
+    out = tmp_path / "out" / "o.avi"
+  elif case == "bad_mode_value":
+    extra += ["--temperature", "-1"]
+  elif case == "ckpt_dir":
+    extra = ["--torso_ckpt", tmp_path, "--a2m_ckpt", tmp_path, "--hubert_ckpt", tmp_path]
+  rc, err = cli(*extra, "--src_img", src, "--drv_aud", aud, "--out_name", out, "--no_progress")
+  lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+  assert rc == 2, err
+  print(case, "->", err.strip())
+  assert len(lines) == 1 and lines[0].startswith("r3p infer: error: "), err
+  assert not out.exists()
+  if out.parent.exists():
+    _no_leftovers(out.parent)
