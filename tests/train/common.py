@@ -1,0 +1,23 @@
+"""Shared helpers for the training tests: a micro config (smallest sizes that keep every code path)."""
+from __future__ import annotations
+
+from configs import motion_adapter
+
+
+def micro_config(**overrides):
+  cfg = motion_adapter.get_config("tiny")
+  cfg.data.size = 32
+  cfg.data.global_batch = 8
+  cfg.data.n_items = 64
+  cfg.model.render_resolution = 16
+  cfg.model.n_coarse = 6
+  cfg.model.n_fine = 6
+  cfg.progress = False
+  cfg.async_checkpointing = False
+  for k, v in overrides.items():
+    node = cfg
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return cfg
