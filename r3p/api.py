@@ -175,16 +175,32 @@ class Network:
 
 
 def random_portrait_model(seed: int = 0, **kw) -> nnx.Module:
-  """The full network with seeded random weights; the initialiser runs as one compiled program (eager init of
-  ~150 M parameters op by op is far slower on CPU)."""
+  """The full network with seeded random weights, filled on the host: the module is built abstractly and every
+  variable gets a draw from `numpy.random.default_rng([seed, crc32(name)])` — N(0, 1/fan_in) for weights, 0 for
+  biases and running means, 1 for norm scales and running variances. (A jitted NNX init of ~150 M parameters takes
+  minutes to compile on CPU; this takes seconds.) Deterministic per seed; the pictures are meaningless."""
+  import zlib
+
   from r3p.models import portrait
 
-  def make():
-    return portrait.OSAvatarSECC_Img2plane_Torso(rngs=nnx.Rngs(seed), **kw)
-
-  graphdef, _ = nnx.split(nnx.eval_shape(make))
-  state = jax.jit(lambda: nnx.split(make())[1])()
-  return nnx.merge(graphdef, state)
+  model = nnx.eval_shape(lambda: portrait.OSAvatarSECC_Img2plane_Torso(rngs=nnx.Rngs(seed), **kw))
+  for path, var in nnx.to_flat_state(nnx.state(model)):
+    v = var.get_value()
+    if not isinstance(v, jax.ShapeDtypeStruct):
+      continue
+    name = ".".join(map(str, path))
+    last = str(path[-1])
+    shape = tuple(v.shape)
+    if "var" in last or (len(shape) == 1 and ("norm" in name or last in ("scale", "gamma"))):
+      arr = np.ones(shape, np.float32)
+    elif len(shape) <= 1 or "bias" in last or "mean" in last:
+      arr = np.zeros(shape, np.float32)
+    else:
+      fan_in = int(np.prod(shape[:-1]))
+      rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+      arr = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(max(fan_in, 1))
+    var.set_value(jnp.asarray(arr, v.dtype))
+  return model
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -294,29 +310,38 @@ class Portrait:
                random_weights=True, **kw)
 
   @classmethod
-  def from_checkpoints(cls, torso_ckpt, a2m_ckpt, hubert_ckpt, *, landmarker=None, segmenter=None, bfm_dir=None,
-                       **kw) -> "Portrait":
-    """Official checkpoints: torso_ckpt / a2m_ckpt = a `model_ckpt_steps_*.ckpt` file or its folder (newest step),
+  def from_checkpoints(cls, torso_ckpt, a2m_ckpt=None, hubert_ckpt=None, *, landmarker=None, segmenter=None,
+                       bfm_dir=None, **kw) -> "Portrait":
+    """Either an r3p checkpoint folder written by `python -m r3p.convert` (`from_checkpoints(dir)`, fast), or the
+    official files: torso_ckpt / a2m_ckpt = a `model_ckpt_steps_*.ckpt` file or its folder (newest step),
     hubert_ckpt = a transformers HuBERT-large folder or weights file."""
     from r3p.audio.drive import AudioToMotion
+    from r3p.convert import cli as convert_cli
     from r3p.convert import torch_ckpt
     from r3p.face import bfm, landmarks
     from r3p.models import portrait
 
     log = kw.get("log") or (lambda s: print(s, file=sys.stderr))
-    torso_file, a2m_file = newest_ckpt(torso_ckpt, "--torso_ckpt"), newest_ckpt(a2m_ckpt, "--a2m_ckpt")
-    if hubert_ckpt is None or not os.path.exists(hubert_ckpt):
-      raise InferError(f"--hubert_ckpt {hubert_ckpt}: HuBERT-large weights folder or file not found")
-    sd = torch_ckpt.extract_state_dict(torch_ckpt.load_torch_checkpoint(torso_file, allow_unknown=True),
-                                       where=str(torso_file))
-    if not any(k.startswith("cano_img2plane_backbone.") for k in sd):
-      raise InferError(f"{torso_file}: not a secc2plane_torso checkpoint (no cano_img2plane_backbone.* keys)")
-    model = portrait.build(sd)
-    del sd
+    if torso_ckpt is not None and (pathlib.Path(torso_ckpt) / convert_cli.MANIFEST).is_file():
+      man = convert_cli.load_manifest(torso_ckpt)
+      missing = {"torso", "a2m", "hubert"} - set(man["networks"])
+      if missing:
+        raise InferError(f"{torso_ckpt}: the r3p checkpoint lacks {', '.join(sorted(missing))}")
+      model, driver = convert_cli.load_torso(torso_ckpt), convert_cli.load_audio_driver(torso_ckpt)
+    else:
+      torso_file, a2m_file = newest_ckpt(torso_ckpt, "--torso_ckpt"), newest_ckpt(a2m_ckpt, "--a2m_ckpt")
+      if hubert_ckpt is None or not os.path.exists(hubert_ckpt):
+        raise InferError(f"--hubert_ckpt {hubert_ckpt}: HuBERT-large weights folder or file not found")
+      sd = torch_ckpt.extract_state_dict(torch_ckpt.load_torch_checkpoint(torso_file, allow_unknown=True),
+                                         where=str(torso_file))
+      if not any(k.startswith("cano_img2plane_backbone.") for k in sd):
+        raise InferError(f"{torso_file}: not a secc2plane_torso checkpoint (no cano_img2plane_backbone.* keys)")
+      model = portrait.build(sd)
+      del sd
+      driver = AudioToMotion.from_checkpoints(hubert_ckpt, str(a2m_file))
     task = landmarks.resolve_task_path(landmarker)
     face = bfm.default_face_model(bfm_dir, task, log=log)
-    return cls(Network(model), AudioToMotion.from_checkpoints(hubert_ckpt, str(a2m_file)), face, landmarker=task,
-               segmenter=segmenter, **kw)
+    return cls(Network(model), driver, face, landmarker=task, segmenter=segmenter, **kw)
 
   # ------------------------------------------------------------------ source (cached)
   def prepare(self, src_img, bg_img=None, min_face_area_percent: float = 0.2) -> dict:

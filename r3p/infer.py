@@ -49,6 +49,7 @@ def build_parser(prog: str = "r3p infer") -> argparse.ArgumentParser:
   ap.add_argument("--map_to_init_pose", type=str2bool, default=True)
   ap.add_argument("--seed", type=int, default=0, help="seed of every random draw (the official uses the clock)")
   ap.add_argument("--min_face_area_percent", type=float, default=0.2)
+  ap.add_argument("--ckpt_dir", help="r3p checkpoint folder from `python -m r3p.convert` (replaces the three below)")
   ap.add_argument("--torso_ckpt", help="secc2plane_torso checkpoint (.ckpt or its folder)")
   ap.add_argument("--a2m_ckpt", help="audio2secc_vae checkpoint (.ckpt or its folder)")
   ap.add_argument("--hubert_ckpt", help="HuBERT-large (transformers folder or weights file)")
@@ -90,9 +91,12 @@ def main(argv=None, prog: str = "r3p infer") -> int:
     if args.random_weights:
       portrait = api.Portrait.random_weights(args.seed, landmarker=args.landmarker, segmenter=args.segmenter,
                                              bfm_dir=args.bfm_dir)
+    elif args.ckpt_dir:
+      portrait = api.Portrait.from_checkpoints(args.ckpt_dir, landmarker=args.landmarker, segmenter=args.segmenter,
+                                               bfm_dir=args.bfm_dir)
     else:
       if not (args.torso_ckpt and args.a2m_ckpt and args.hubert_ckpt):
-        return fail("--torso_ckpt, --a2m_ckpt and --hubert_ckpt are required (or --random_weights for a smoke "
+        return fail("--ckpt_dir, or --torso_ckpt, --a2m_ckpt and --hubert_ckpt, are required (or --random_weights for a smoke "
                     "test with meaningless pictures)")
       portrait = api.Portrait.from_checkpoints(args.torso_ckpt, args.a2m_ckpt, args.hubert_ckpt,
                                                landmarker=args.landmarker, segmenter=args.segmenter,
