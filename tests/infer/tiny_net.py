@@ -27,3 +27,13 @@ class TinyPortraitNet(nnx.Module):
     w = jax.nn.sigmoid(small[..., :1] * 4)
     return {"image": image, "image_raw": small, "image_depth": 2.0 + small[..., 1:2], "weights_img": w,
             "occlusion_2": jax.image.resize(w, (b, 256, 256, 1), "linear") * head_threshold}
+
+
+def tiny_portrait(mediapipe_dir, seed: int = 0):
+  """`Portrait.random_weights` with this stand-in network and a 1-layer random HuBERT (fast pipeline tests)."""
+  from r3p import api
+  from r3p.models import hubert as H
+  small = H.HubertConfig(num_hidden_layers=1, intermediate_size=1024, conv_dim=(32,) * 7, num_conv_pos_embeddings=16)
+  return api.Portrait.random_weights(seed, landmarker=mediapipe_dir / "face_landmarker.task",
+                                     segmenter=mediapipe_dir / "selfie_segmentation.tflite", hubert_config=small,
+                                     model=TinyPortraitNet(rngs=nnx.Rngs(seed)), log=lambda s: None)
