@@ -97,3 +97,27 @@ def train(cfg, workdir: str) -> dict[str, list]:
   ckpt.close()
   writer.flush()
   return history
+
+
+def analyze(cfg) -> dict:
+  """Compile the step abstractly (no params materialised) and return per-device memory and FLOPs/step."""
+  mesh = parallel.make_mesh(dict(cfg.mesh))
+  parallel.check_batch(cfg.data.global_batch, mesh)
+  trainer = Trainer(cfg, mesh)
+  src = make_source(cfg)
+  item = src[0]
+  b = cfg.data.global_batch
+  spec = {k: jax.ShapeDtypeStruct((b,) + np.shape(v), np.asarray(v).dtype) for k, v in item.items()}
+  step = trainer.make_step(spec)
+  t0 = time.time()
+  lowered = step.lower(trainer.abstract_sharded_state(), spec)
+  compiled = lowered.compile()
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state["params"]))
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+            "generated_code_size_in_bytes")
+  return {"devices": int(mesh.size), "global_batch": b, "params": n_params, "compile_s": time.time() - t0,
+          **{k: int(getattr(mem, k, -1)) for k in fields},
+          "flops": float(cost.get("flops", -1)), "bytes_accessed": float(cost.get("bytes accessed", -1))}

@@ -12,6 +12,7 @@ flags.DEFINE_string("workdir", None, "output directory (checkpoints, events, his
 flags.DEFINE_string("coordinator", "", "host:port for jax.distributed (multi-process)")
 flags.DEFINE_integer("num_processes", 1, "jax.distributed process count")
 flags.DEFINE_integer("process_id", 0, "jax.distributed process id")
+flags.DEFINE_bool("analyze_only", False, "compile the step for the config's batch and print memory/cost analysis")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,6 +23,13 @@ def main(argv):
     jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   from train import loop
   cfg = flags.FLAGS.config
+  if flags.FLAGS.analyze_only:
+    report = loop.analyze(cfg)
+    print(json.dumps(report, indent=1))
+    os.makedirs(flags.FLAGS.workdir, exist_ok=True)
+    with open(os.path.join(flags.FLAGS.workdir, "analysis.json"), "w") as f:
+      json.dump(report, f, indent=1)
+    return
   hist = loop.train(cfg, flags.FLAGS.workdir)
   if jax.process_index() == 0:
     with open(os.path.join(flags.FLAGS.workdir, "history.json"), "w") as f:
