@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r3p.nn.layers import Conv2d
+from r3p.nn.layers import Conv2d, default_precision
 from r3p.nn.resize import resize_bilinear
 from r3p.nn.stylegan2 import SynthesisBlock, SynthesisBlockNoUp
 
@@ -176,15 +176,40 @@ class SuperresolutionHybrid8XDC_Warp(nnx.Module):  # noqa: N801 (official class 
     head_torso_block's rgb input), rgb_person [B,256,256,3] (block1's rgb input), person [B,256,256,1]).
     """
     alpha = weights_256.astype(jnp.float32)
-    x_torso = _sequential(self.torso_encoder, deformed_torso_hid.astype(self.dtype))
-    rgb_ht, x = alpha_blend(rgb_head, x_head, rgb_torso, x_torso, alpha)
-    x = _sequential(self.fuse_head_torso_convs, x)
+    rgb_ht, x = self._blend_head_torso(rgb_head, x_head, rgb_torso, deformed_torso_hid, alpha)
+    x = _sequential(list(self.fuse_head_torso_convs)[1:], x)
     x, rgb = self.head_torso_block(x, rgb_ht, ws)
     person = person_alpha(alpha, self._resize(occlusion_2.astype(jnp.float32), MID_RESOLUTION), head_threshold)
     rgb_person, x = alpha_blend(rgb, x, cache["ref_bg_rgb_256"], cache["x_bg"], person)
     x = _sequential(self.fuse_fg_bg_convs, x)
     x, rgb = self.block1(x, rgb_person, ws)
     return dict(rgb=rgb, x=x, rgb_head_torso=rgb_ht, rgb_person=rgb_person, person=person)
+
+  def _blend_head_torso(self, rgb_head: Array, x_head: Array, rgb_torso: Array, hid: Array,
+                        alpha: Array) -> tuple[Array, Array]:
+    """alpha_blend(rgb_head, x_head, rgb_torso, torso_encoder(hid), α) followed by fuse_head_torso_convs[0],
+    with the 1×1 torso_encoder folded into the 3×3 conv (a speed-up, same maths up to float rounding).
+
+    The torso half of the 3×3 conv W_t sees (1−α)·(A·hid + b) = A·((1−α)·hid) + (1−α)·b, so it equals a 3×3
+    conv of [(1−α)·hid, (1−α)] (65 channels) with [W_t∘A, W_t·b] instead of a 256-channel input: 321 input
+    channels in all instead of 512 (the largest conv of the per-frame forward, 77 → 48 GMAC at 256²).
+    """
+    enc, conv = self.torso_encoder[0], self.fuse_head_torso_convs[0]
+    dt = self.dtype
+    a = alpha.astype(jnp.float32)
+    rgb = rgb_head.astype(jnp.float32) * a + rgb_torso.astype(jnp.float32) * (1 - a)
+    ad = a.astype(dt)
+    hi = jax.lax.Precision.HIGHEST
+    w = conv.weight[...].astype(jnp.float32)                            # [3,3,512,256]
+    c_head = x_head.shape[-1]
+    w_t = w[:, :, c_head:]                                              # [3,3,256,256] (torso half)
+    w_hid = jnp.einsum("ic,hwco->hwio", enc.weight[...].astype(jnp.float32)[0, 0], w_t, precision=hi)
+    w_b = jnp.einsum("c,hwco->hwo", enc.bias[...].astype(jnp.float32), w_t, precision=hi)[:, :, None]
+    k = jnp.concatenate([w[:, :, :c_head], w_hid, w_b], axis=2).astype(dt)
+    x = jnp.concatenate([x_head.astype(dt) * ad, hid.astype(dt) * (1 - ad), (1 - ad)], axis=-1)
+    y = jax.lax.conv_general_dilated(x, k, conv.stride, conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=conv.precision or default_precision(dt))
+    return rgb, y + conv.bias[...].astype(dt)
 
   def __call__(self, rgb: Array, x: Array, weights: Array, cache: dict[str, Any], kp_s: Array, kp_d: Array, *,
                head_threshold: float | Array = 0.9, ws: Array | None = None) -> tuple[Array, dict[str, Array]]:
