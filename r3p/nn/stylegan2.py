@@ -124,8 +124,40 @@ def _conv(x: Array, w: Array, *, groups: int, up: int, precision) -> Array:
   # conv_transpose2d(x, W^T, stride=up) == correlation of the zero-inserted input (lhs_dilation), padded by k-1,
   # with the spatially flipped kernel. One extra zero row/column on each side gives the FIR's padding of 1
   # (rows computed only from padding are exact zeros).
+  if up == 2 and kh == 3 and kw == 3:
+    return _conv_up2_polyphase(x, w[::-1, ::-1], groups=groups, precision=precision)
   return jax.lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), ((kh, kh), (kw, kw)), lhs_dilation=(up, up),
                                       dimension_numbers=dn, feature_group_count=groups, precision=precision)
+
+
+def _conv_up2_polyphase(x: Array, wf: Array, *, groups: int, precision) -> Array:
+  """The up=2 path of `_conv` for a 3×3 flipped kernel `wf`, split into its 4 output phases (a speed-up: the
+  zero-inserted form spends time on the inserted zeros; same products, summed without the zero terms).
+
+  Along one axis, output o of the dilated correlation is Σ_k wf[k]·x_up[o+k−3] with x_up[2p] = x[p]: even
+  o = 2m takes only k = 1 (x[m−1]); odd o = 2m+1 takes k = 0, 2 (x[m−1], x[m]). With x padded by one on each
+  side, each phase is a small VALID correlation: even phases have H+2 outputs, odd ones H+1; the interleave
+  gives 2H+3 (the last, odd, slot is dropped).
+  """
+  b, h, w_, _ = x.shape
+  dn = ("NHWC", "HWIO", "NHWC")
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  odd = np.array([0, 2])
+
+  def corr(k):
+    return jax.lax.conv_general_dilated(xp, k, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=groups,
+                                        precision=precision)
+
+  ee = corr(wf[1:2, 1:2])          # [B, H+2, W+2, O]
+  eo = corr(wf[1:2][:, odd])       # [B, H+2, W+1, O]
+  oe = corr(wf[odd][:, 1:2])       # [B, H+1, W+2, O]
+  oo = corr(wf[odd][:, odd])       # [B, H+1, W+1, O]
+  pad_w = ((0, 0), (0, 0), (0, 1), (0, 0))
+  pad_h = ((0, 0), (0, 1), (0, 0), (0, 0))
+  row_e = jnp.stack([ee, jnp.pad(eo, pad_w)], axis=3)                        # [B, H+2, W+2, 2, O]
+  row_o = jnp.stack([jnp.pad(oe, pad_h), jnp.pad(oo, ((0, 0), (0, 1), (0, 1), (0, 0)))], axis=3)
+  y = jnp.stack([row_e, row_o], axis=2).reshape(b, 2 * h + 4, 2 * w_ + 4, -1)
+  return y[:, :2 * h + 3, :2 * w_ + 3]
 
 
 def modulated_conv2d(x: Array, weight: Array, styles: Array, *, demodulate: bool = True, up: int = 1,
