@@ -13,7 +13,6 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, keep_period: int = 0, save_every: int = 1000,
                async_save: bool = True):
-    policies = [ocp.checkpoint_managers.ContinuousCheckpointingPolicy()] if False else None  # noqa: F841
     save_policy = ocp.checkpoint_managers.AnySavePolicy([
         ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
         ocp.checkpoint_managers.PreemptionCheckpointingPolicy()])

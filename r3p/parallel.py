@@ -101,16 +101,6 @@ def state_shardings(state, mesh: jax.sharding.Mesh, rules=LOGICAL_RULES):
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def tree_shardings_like(tree, mesh: jax.sharding.Mesh, param_shardings) -> Any:
-  """Shardings for an optax state: leaves shaped like a param take that param's sharding (by shape match in
-  order is fragile, so we map optax's param-shaped subtrees with `optax.tree_map_params`), others replicate."""
-  import optax
-  rep = NamedSharding(mesh, P())
-  return optax.tree_map_params(
-      None, lambda _, s: s, tree, param_shardings, transform_non_params=lambda _: rep,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
-
-
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -155,25 +145,6 @@ def param_shardings_json(shardings) -> str:
   flat = jax.tree_util.tree_leaves_with_path(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
   d = {jax.tree_util.keystr(p, simple=True, separator="."): str(tuple(s.spec)) for p, s in flat}
   return json.dumps(dict(sorted(d.items())), indent=1)
-
-
-def init_sharded(make_model, mesh: jax.sharding.Mesh, rules=LOGICAL_RULES):
-  """Create an NNX model with params born sharded: eval_shape -> shardings -> jit(init, out_shardings).
-
-  Returns (graphdef, state, shardings)."""
-  abstract = nnx.eval_shape(make_model)
-  graphdef, abs_state = nnx.split(abstract)
-  shardings = state_shardings(abs_state, mesh, rules)
-  # Only the leaves' shardings are needed by jit; strip the Variable boxes to plain arrays.
-  sh_leaves = nnx.to_pure_dict(shardings) if hasattr(nnx, "to_pure_dict") else shardings
-
-  @jax.jit
-  def init():
-    return nnx.to_pure_dict(nnx.split(make_model())[1])
-
-  init = jax.jit(init.__wrapped__ if hasattr(init, "__wrapped__") else init, out_shardings=sh_leaves)
-  pure = init()
-  return graphdef, abs_state, pure, sh_leaves
 
 
 def global_norm(tree) -> jax.Array:

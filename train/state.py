@@ -7,7 +7,7 @@ RNG: key = fold_in(key(seed), step) inside the step, so nothing RNG-related is c
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -121,7 +121,6 @@ class Trainer:
     return parallel.param_shardings_json(self.state_shardings["params"])
 
   def model_from(self, params, rest):
-    p = nnx.replace_by_pure_dict(self._abs_params, params) if False else None  # noqa: F841
     ps = jax.tree.map(lambda x: x, self._abs_params)
     nnx.replace_by_pure_dict(ps, params)
     rs = jax.tree.map(lambda x: x, self._abs_rest)

@@ -36,7 +36,6 @@ class Conv2dLayer(nnx.Module):
 
   def __call__(self, x: Array, gain: float = 1.0) -> Array:
     w = self.weight[...] * self.weight_gain
-    k = w.shape[0]
     if self.down > 1:
       fw = self.resample_filter.shape[-1]
       p0 = self.padding + (fw - self.down + 1) // 2
@@ -45,7 +44,6 @@ class Conv2dLayer(nnx.Module):
       pad, stride = ((0, 0), (0, 0)), (self.down, self.down)
     else:
       pad, stride = ((self.padding, self.padding),) * 2, (1, 1)
-    del k
     x = jax.lax.conv_general_dilated(x, w, stride, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      precision=default_precision(jnp.float32))
     if self.bias is not None:
