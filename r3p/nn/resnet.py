@@ -48,8 +48,8 @@ class GlobalAvgPool(nnx.Module):
 
 def max_pool_3x3_s2(x: Array) -> Array:
   """torch.nn.MaxPool2d(3, stride=2, padding=1) on NHWC: padding never wins (-inf)."""
-  init = jnp.array(-jnp.inf, x.dtype)
-  return jax.lax.reduce_window(x, init, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+  # A Python-scalar init keeps reduce_window differentiable (an array init blocks linearisation in training).
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                                ((0, 0), (1, 1), (1, 1), (0, 0)))
 
 

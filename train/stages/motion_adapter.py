@@ -39,18 +39,6 @@ class TinyImg2Plane(nnx.Module):
     return to_planes(self.conv1(jax.nn.leaky_relu(self.conv0(img), 0.2)))
 
 
-def _differentiable_max_pool():
-  """Workaround (reported upstream): `r3p.nn.resnet.max_pool_3x3_s2` passes its -inf init as an array, which
-  makes XLA's reduce_window non-differentiable ("Linearization failed"); the I2P is trained in this stage, so we
-  swap in the same pooling with a literal init (identical values) until the core module is fixed."""
-  from r3p.nn import resnet
-
-  def max_pool_3x3_s2(x):
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
-  resnet.max_pool_3x3_s2 = max_pool_3x3_s2
-
-
 class MotionAdapterModel(nnx.Module):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
@@ -58,7 +46,6 @@ class MotionAdapterModel(nnx.Module):
     if m.tiny:
       self.cano_img2plane_backbone = TinyImg2Plane(m.cano_channels, rngs=rngs)
     else:
-      _differentiable_max_pool()
       from r3p.models.img2plane import Img2PlaneModel
       self.cano_img2plane_backbone = Img2PlaneModel(rngs=rngs)
     mit = MiTConfig(embed_dims=tuple(m.mit_dims), num_heads=tuple(m.mit_heads), mlp_ratios=tuple(m.mit_mlp_ratios),
