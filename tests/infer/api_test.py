@@ -30,6 +30,16 @@ def assets():
 
 
 @pytest.fixture(scope="module")
+def short_wav(assets, tmp_path_factory):
+  """The first 2 s of the example audio (keeps the whole-clip tests short on a 2-core CPU)."""
+  import soundfile as sf
+  x, sr = sf.read(str(assets["aud"]), dtype="int16")
+  p = tmp_path_factory.mktemp("aud") / "obama_2s.wav"
+  sf.write(p, x[:2 * sr], sr, subtype="PCM_16")
+  return p
+
+
+@pytest.fixture(scope="module")
 def portrait(assets):
   mp = assets["mp"]
   return api.Portrait.random_weights(0, landmarker=mp / "face_landmarker.task",
@@ -53,13 +63,13 @@ def _no_leftovers(d: pathlib.Path, keep=()):
   assert left == [], f"left behind: {left}"
 
 
-def test_cli_full_clip_has_the_audio_length(cli, assets, tmp_path):
+def test_cli_full_clip_has_the_audio_length(cli, assets, short_wav, tmp_path):
   out = tmp_path / "OUT.mp4"
-  rc, err = cli("--random_weights", "--src_img", assets["src"], "--drv_aud", assets["aud"], "--out_name", out,
+  rc, err = cli("--random_weights", "--src_img", assets["src"], "--drv_aud", short_wav, "--out_name", out,
                 "--no_progress")
   assert rc == 0, err
   info = video.probe(out)
-  with wave.open(str(assets["aud"])) as w:
+  with wave.open(str(short_wav)) as w:
     secs = w.getnframes() / w.getframerate()
   assert info["has_audio"] and (info["width"], info["height"]) == (512, 512)
   # The driver yields ceil-to-8 HuBERT frames / 2; -shortest trims the video to the audio (±2 frames).
@@ -67,7 +77,8 @@ def test_cli_full_clip_has_the_audio_length(cli, assets, tmp_path):
   _no_leftovers(tmp_path, {"OUT.mp4"})
 
 
-def test_concat_debug_and_alpha(cli, assets, tmp_path):
+def test_concat_debug_and_alpha(cli, assets, short_wav, tmp_path):
+  assets = dict(assets, aud=short_wav)
   out = tmp_path / "dbg.mp4"
   rc, err = cli("--random_weights", "--src_img", assets["src"], "--drv_aud", assets["aud"], "--out_name", out,
                 "--out_mode", "concat_debug", "--max_frames", 5, "--chunk", 4, "--no_progress")
@@ -84,7 +95,8 @@ def test_concat_debug_and_alpha(cli, assets, tmp_path):
   assert rgba.shape == (512, 512, 4) and rgba[..., 3].std() > 0
 
 
-def test_same_seed_same_frames_and_chunking(portrait, assets):
+def test_same_seed_same_frames_and_chunking(portrait, assets, short_wav):
+  assets = dict(assets, aud=short_wav)
   def frames(seed, chunk=4, **kw):
     opts = api.Options(seed=seed, chunk=chunk, max_frames=6, **kw)
     prep = portrait.prepare(assets["src"])
@@ -100,7 +112,8 @@ def test_same_seed_same_frames_and_chunking(portrait, assets):
   assert np.abs(a.astype(int) - d).max() <= 8
 
 
-def test_canonical_planes_cached(portrait, assets, tmp_path):
+def test_canonical_planes_cached(portrait, assets, short_wav, tmp_path):
+  assets = dict(assets, aud=short_wav)
   import time
   portrait._cache.clear()
   calls = portrait.network.source_calls
