@@ -130,7 +130,7 @@ class SuperresolutionHybrid8XDC_Warp(nnx.Module):  # noqa: N801 (official class 
 
   @staticmethod
   def default_ws(batch: int) -> Array:
-    """The official SR ws: `ones_ws[:, -1:]` expanded to [B, 3, 512]."""
+    """The official SR ws: `ones_ws[:, -1:]` expanded to [batch, 3, 512] (all ones)."""
     return jnp.ones((batch, NUM_WS, W_DIM), jnp.float32)
 
   # ------------------------------------------------------------------------------------------------ source
@@ -228,7 +228,8 @@ class SuperresolutionHybrid8XDC_Warp(nnx.Module):  # noqa: N801 (official class 
     _check("weights", weights, (None, rgb.shape[1], rgb.shape[2], 1))
     if self.torso_model is None:
       raise ValueError("SuperresolutionHybrid8XDC_Warp was built with_torso=False: use head() and fuse()")
-    ws = self.default_ws(rgb.shape[0]) if ws is None else ws
+    # The official ws are ones for every sample: one [1, 3, 512] row serves the whole batch (shared kernels).
+    ws = self.default_ws(1) if ws is None else ws
     h = self.head(rgb, x, weights, ws)
     rgb_torso, aux = self.torso_model(cache["torso"], kp_s, kp_d, h["rgb_256"], h["weights_256"])
     r = self.fuse(h["x_head"], h["rgb_head"], h["weights_256"], rgb_torso, aux["deformed_torso_hid"],

@@ -165,7 +165,9 @@ def modulated_conv2d(x: Array, weight: Array, styles: Array, *, demodulate: bool
                      dtype=jnp.float32, precision=None) -> Array:
   """Official `modulated_conv2d` (padding k//2, flip_weight as the official layers use it) on NHWC.
 
-  x: [B, H, W, I]; weight: [kh, kw, I, O] (raw, fp32); styles: [B, I] (fp32).
+  x: [B, H, W, I]; weight: [kh, kw, I, O] (raw, fp32); styles: [B, I] or [1, I] (fp32). Styles shared by the
+  whole batch ([1, I]: the SR's official ws = ones) give one kernel and one batched convolution, which also keeps
+  the op partitionable when the batch is sharded.
   up=2 requires `resample_filter` (4×4): transposed conv then upfirdn2d(pad 1, gain 4) → [B, 2H, 2W, O].
   noise: broadcastable to [B, H', W', 1], added after the convolution (fp32).
   Returns [B, H', W', O] in `dtype`.
@@ -174,7 +176,7 @@ def modulated_conv2d(x: Array, weight: Array, styles: Array, *, demodulate: bool
     raise ValueError(f"modulated_conv2d: x must be NHWC and weight HWIO, got {x.shape} and {weight.shape}")
   b, _, _, cin = x.shape
   kh, kw, wi, co = weight.shape
-  if wi != cin or styles.shape != (b, cin):
+  if wi != cin or styles.shape not in ((b, cin), (1, cin)):
     raise ValueError(f"modulated_conv2d: x {x.shape}, weight {weight.shape}, styles {styles.shape} do not match")
   if up not in (1, 2):
     raise ValueError(f"modulated_conv2d: up={up} is not supported (1 or 2)")
@@ -189,7 +191,7 @@ def modulated_conv2d(x: Array, weight: Array, styles: Array, *, demodulate: bool
   if fused_modconv:
     if demodulate:
       w = w * dcoefs[:, None, None, None, :]
-    if b == 1:
+    if w.shape[0] == 1:  # one kernel for every sample (b == 1 or styles shared)
       y = _conv(x.astype(dtype), w[0].astype(dtype), groups=1, up=up, precision=precision)
     else:
       # One convolution per sample with its own kernel (what torch's grouped convolution computes). A loop
