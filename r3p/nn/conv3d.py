@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r3p.nn.layers import BatchNorm, Conv2d, default_precision, param
+from r3p.nn.layers import BatchNorm, Conv2d, LeakyReLU, ReLU, Sigmoid, default_precision, param  # noqa: F401
 
 Array = jax.Array
 
@@ -113,26 +113,6 @@ class Conv3d(nnx.Module):
     if bias and self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
-
-
-class ReLU(nnx.Module):
-  """Parameter-free activation slot (keeps the torch Sequential indices)."""
-
-  def __call__(self, x: Array) -> Array:
-    return jax.nn.relu(x)
-
-
-class LeakyReLU(nnx.Module):
-  def __init__(self, negative_slope: float = 0.01):
-    self.negative_slope = negative_slope
-
-  def __call__(self, x: Array) -> Array:
-    return jnp.where(x >= 0, x, x * jnp.asarray(self.negative_slope, x.dtype))
-
-
-class Sigmoid(nnx.Module):
-  def __call__(self, x: Array) -> Array:
-    return jax.nn.sigmoid(x)
 
 
 class AvgPool(nnx.Module):

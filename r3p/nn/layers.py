@@ -44,6 +44,30 @@ def param(value, layout: str, names: Sequence[str | None] | None = None) -> nnx.
   return nnx.Param(value, **meta)
 
 
+class ReLU(nnx.Module):
+  """Stateless torch.nn.ReLU; exists so that `nnx.List` indices match torch `nn.Sequential` indices."""
+
+  def __call__(self, x: Array) -> Array:
+    return jax.nn.relu(x)
+
+
+class LeakyReLU(nnx.Module):
+  """Stateless torch.nn.LeakyReLU (default slope 0.01, as `nn.LeakyReLU()`)."""
+
+  def __init__(self, negative_slope: float = 0.01):
+    self.negative_slope = negative_slope
+
+  def __call__(self, x: Array) -> Array:
+    return jnp.where(x >= 0, x, x * jnp.asarray(self.negative_slope, x.dtype))
+
+
+class Sigmoid(nnx.Module):
+  """Stateless torch.nn.Sigmoid slot."""
+
+  def __call__(self, x: Array) -> Array:
+    return jax.nn.sigmoid(x)
+
+
 class Conv2d(nnx.Module):
   """torch.nn.Conv2d on NHWC input. weight: [kh, kw, in/groups, out] (torch [out, in/groups, kh, kw])."""
 

@@ -17,26 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from r3p.nn.layers import BatchNorm, Conv2d
+from r3p.nn.layers import BatchNorm, Conv2d, LeakyReLU, ReLU  # noqa: F401 (re-exported: Sequential slots)
 
 Array = jax.Array
-
-
-class ReLU(nnx.Module):
-  """Stateless torch.nn.ReLU; exists so that `nnx.List` indices match torch `nn.Sequential` indices."""
-
-  def __call__(self, x: Array) -> Array:
-    return jax.nn.relu(x)
-
-
-class LeakyReLU(nnx.Module):
-  """Stateless torch.nn.LeakyReLU (default slope 0.01, as `nn.LeakyReLU()`)."""
-
-  def __init__(self, negative_slope: float = 0.01):
-    self.negative_slope = negative_slope
-
-  def __call__(self, x: Array) -> Array:
-    return jnp.where(x >= 0, x, x * jnp.asarray(self.negative_slope, x.dtype))
 
 
 class GlobalAvgPool(nnx.Module):
