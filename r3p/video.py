@@ -77,6 +77,17 @@ class _Threaded:
     self._q.put(None)
     self._thread.join()
 
+  # Context manager: a clean exit publishes the output (`close`), an exception removes every partial file (`abort`).
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is None:
+      self.close()
+    else:
+      self.abort()
+    return False
+
 
 class Mp4Writer(_Threaded):
   """`with Mp4Writer(out, audio=wav) as w: w.write(uint8 [H,W,3])`. On a clean exit the file appears under `out`
@@ -163,16 +174,6 @@ class Mp4Writer(_Threaded):
       self._gen = None
     self._silent.unlink(missing_ok=True)
 
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    if exc_type is None:
-      self.close()
-    else:
-      self.abort()
-    return False
-
 
 class PngSequenceWriter(_Threaded):
   """RGBA (or RGB) PNG frames `000000.png, ...` into the folder `out`, written to a temporary sibling folder and
@@ -215,16 +216,6 @@ class PngSequenceWriter(_Threaded):
     if self._thread.is_alive():
       self._drain()
     shutil.rmtree(self._tmp, ignore_errors=True)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    if exc_type is None:
-      self.close()
-    else:
-      self.abort()
-    return False
 
 
 def probe(path) -> dict:
