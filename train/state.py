@@ -19,7 +19,19 @@ from r3p import parallel
 
 
 def stage_module(cfg):
-  return importlib.import_module(f"train.stages.{cfg.stage}")
+  """The stage module `train.stages.<cfg.stage>` (generic: a new stage is a new file, no registry to edit).
+
+  A stage module defines `build_model(cfg, rngs)`, `param_group(path) -> group`, `g_loss(model, cfg, batch, key,
+  step, lambdas) -> (loss, (metrics, lambdas))` and `init_lambdas(cfg)`."""
+  name = str(cfg.stage)
+  if not name.isidentifier():
+    raise ValueError(f"config.stage must be a module name under train/stages/, got {name!r}")
+  try:
+    return importlib.import_module(f"train.stages.{name}")
+  except ModuleNotFoundError as e:
+    if e.name != f"train.stages.{name}":
+      raise
+    raise ValueError(f"unknown stage {name!r}: no module train/stages/{name}.py") from None
 
 
 # ------------------------------------------------------------------ schedules (TRAINING §1.3 table)
