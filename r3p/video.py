@@ -38,6 +38,28 @@ def to_uint8(img) -> np.ndarray:
   return ((x + 1.0) / 2.0 * 255.0).astype(np.uint8)
 
 
+def _umask() -> int:
+  """The process umask, read without changing it where Linux reports it (os.umask would race other threads)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  m = os.umask(0o022)
+  os.umask(m)
+  return m
+
+
+def _publish(tmp: pathlib.Path, out: pathlib.Path, *, folder: bool = False) -> pathlib.Path:
+  """Rename a finished temporary onto `out` with the permissions a plain `open(out, 'w')` / `mkdir` would give
+  (mkstemp / mkdtemp create 0600 / 0700, private to the owner)."""
+  os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
+  os.replace(tmp, out)
+  return out
+
+
 def _tmp_name(out: pathlib.Path, suffix: str) -> pathlib.Path:
   fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".tmp" + suffix, dir=out.parent)
   os.close(fd)
@@ -146,17 +168,16 @@ class Mp4Writer(_Threaded):
                  "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-shortest", str(muxed)]
           r = subprocess.run(cmd, capture_output=True, text=True)
           if r.returncode != 0 and self.audio_optional:
-            os.replace(self._silent, self.out)
-            return self.out
+            return _publish(self._silent, self.out)
           if r.returncode != 0:
             msg = (r.stderr.strip().splitlines() or ["?"])[-1]
             raise VideoError(f"ffmpeg could not mux the audio of {self.audio}: {msg}")
-          os.replace(muxed, self.out)
+          _publish(muxed, self.out)
         finally:
           muxed.unlink(missing_ok=True)
         self._silent.unlink(missing_ok=True)
       else:
-        os.replace(self._silent, self.out)
+        _publish(self._silent, self.out)
       return self.out
     except BaseException:
       self.abort()
@@ -206,8 +227,7 @@ class PngSequenceWriter(_Threaded):
         raise VideoError("no frame was written")
       if self.out.exists():
         shutil.rmtree(self.out)
-      os.replace(self._tmp, self.out)
-      return self.out
+      return _publish(self._tmp, self.out, folder=True)
     except BaseException:
       self.abort()
       raise

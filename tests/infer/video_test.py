@@ -97,3 +97,26 @@ def test_png_sequence_rgba(tmp_path):
   img = cv2.imread(str(out / names[2]), cv2.IMREAD_UNCHANGED)
   assert img.shape == (16, 16, 4) and img[0, 0, 3] == 20 and img[0, 0, 2] == 200  # BGRA on disk
   assert _leftovers(tmp_path, {"seq"}) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_normal_permissions(tmp_path, umask):
+  """mkstemp/mkdtemp make 0600/0700 temporaries; the published outputs get 0666/0777 & ~umask like any file."""
+  import stat
+  wav = tmp_path / "a.wav"
+  sf.write(wav, 0.1 * np.sin(np.arange(16000) / 10.0), 16000)
+  old = os.umask(umask)
+  try:
+    for name, audio in (("muxed.mp4", wav), ("silent.mp4", None)):
+      with video.Mp4Writer(tmp_path / name, audio=audio) as w:
+        for f in _frames(2):
+          w.write(f)
+    with video.PngSequenceWriter(tmp_path / "seq") as w:
+      w.write(np.zeros((8, 8, 4), np.uint8))
+  finally:
+    os.umask(old)
+  mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+  assert mode(tmp_path / "muxed.mp4") == 0o666 & ~umask
+  assert mode(tmp_path / "silent.mp4") == 0o666 & ~umask
+  assert mode(tmp_path / "seq") == 0o777 & ~umask
+  assert mode(tmp_path / "seq" / "000000.png") == 0o666 & ~umask
