@@ -12,6 +12,13 @@ Codes (float32):
   ident [6]: skin rgb (3), head half-width, head half-height, hair darkness.
   expr  [3]: mouth opening in [0,1], eye opening in [0,1] (1 = open), smile in [-1,1].
   yaw   scalar radians (|yaw| ≤ 0.35) — shifts the face in the image and sets the camera.
+  scene [9]: per-clip background colours (top, bottom: 6) and clothes colour (3) — the HTB-SR extras.
+
+HTB-SR extras (`draw_full`, `SyntheticTalkingHeads(torso=True)`): a torso (neck + shoulders) that follows the
+head yaw at a third of its shift, a static per-clip background, the full composite ("com" image), the torso-only
+image (neck extended under the head, as the official inpainted torso), a 6-class segmap (0 bg, 1 hair, 2 body
+skin, 3 face skin, 4 clothes, 5 others; head = {1,3,5}, torso = {2,4}) and 68 landmarks [68,3] in [-1,1]
+(x → W, y → H, z = 0; jaw 0–16, brows 17–26, nose 27–35, eyes 36–47, mouth 48–67).
 """
 from __future__ import annotations
 
@@ -85,6 +92,86 @@ def draw(ident: Array, expr: Array, yaw: Array, size: int, *, canonical: bool = 
   return {"image": jnp.clip(img, -1, 1), "secc": jnp.clip(secc, -1, 1), "head_mask": (head > 0.5)[..., None]}
 
 
+def scene_codes(seed: int, clip: int) -> np.ndarray:
+  """Per-clip scene [9]: background top/bottom rgb in [-1,1] and clothes rgb."""
+  r = np.random.default_rng([seed, 4, clip])
+  return np.concatenate([r.uniform(-0.8, 0.6, 6), r.uniform(-0.9, 0.9, 3)]).astype(np.float32)
+
+
+def landmarks68(ident: Array, expr: Array, yaw: Array) -> Array:
+  """68 landmarks [68,3] (x, y in [-1,1] image coordinates, z = 0) of the synthetic face."""
+  shift = 0.6 * jnp.sin(yaw)
+  rx, ry = ident[3], ident[4]
+  cy = 0.05
+  jaw_t = jnp.linspace(jnp.pi * 0.05, jnp.pi * 0.95, 17)   # 0 = right ear side ... 16 = other side, 8 = chin
+  jaw = jnp.stack([shift - rx * jnp.cos(jaw_t), cy + ry * jnp.sin(jaw_t)], -1)
+  bt = jnp.linspace(-1.0, 1.0, 5)
+  brow_y = jnp.full_like(bt, -0.45) * ry
+  brows = jnp.concatenate([jnp.stack([shift - 0.35 * rx + 0.16 * rx * bt, brow_y], -1),
+                           jnp.stack([shift + 0.35 * rx + 0.16 * rx * bt, brow_y], -1)])
+  nt = jnp.linspace(0.0, 1.0, 4)
+  bridge = jnp.stack([shift + 0.0 * nt, -0.15 * ry + 0.35 * ry * nt], -1)        # 27..30, 27 = top of the nose
+  nostrils = jnp.stack([shift + 0.1 * rx * jnp.linspace(-1.0, 1.0, 5), jnp.full((5,), 0.22 * ry)], -1)
+  et = jnp.linspace(0.0, 2 * jnp.pi, 7)[:-1]
+  eye_ry = 0.02 + 0.07 * expr[1]
+  eyes = jnp.concatenate([jnp.stack([shift + s * 0.35 * rx + 0.16 * rx * jnp.cos(et), -0.2 * ry + eye_ry * jnp.sin(et)],
+                                    -1) for s in (-1.0, 1.0)])
+  mry = 0.03 + 0.15 * expr[0]
+  mouth_cy = 0.45 * ry
+  ot = jnp.linspace(0.0, 2 * jnp.pi, 13)[:-1]
+  outer = jnp.stack([shift + 0.35 * rx * jnp.cos(ot), mouth_cy + mry * jnp.sin(ot)], -1)
+  it = jnp.linspace(0, 2 * jnp.pi, 9)[:-1]
+  inner = jnp.stack([shift + 0.25 * rx * jnp.cos(it), mouth_cy + 0.6 * mry * jnp.sin(it)], -1)
+  xy = jnp.concatenate([jaw, brows, bridge, nostrils, eyes, outer, inner])
+  return jnp.concatenate([xy, jnp.zeros((68, 1), xy.dtype)], axis=-1).astype(jnp.float32)
+
+
+def draw_full(ident: Array, expr: Array, yaw: Array, scene: Array, size: int) -> dict[str, Array]:
+  """A full frame with torso and background (HTB-SR data), all [S,S,C] in [-1,1] unless noted:
+
+  com_img (head + torso over the clip background), torso_img (neck + shoulders over black, neck extended under
+  the head), bg_img, segmap [S,S] int32 class ids, torso_mask [S,S,1] {0,1}, kp [68,3]."""
+  head = draw(ident, expr, yaw, size)
+  a = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size * 2.0 - 1.0
+  y, x = jnp.meshgrid(a, a, indexing="ij")
+  sharp = 0.25 * size
+  shift = 0.6 * jnp.sin(yaw)
+  tshift = 0.2 * jnp.sin(yaw)          # the torso turns less than the head
+  rx, ry = ident[3], ident[4]
+  g = (y + 1.0) / 2.0
+  bg = scene[None, None, 0:3] * (1 - g[..., None]) + scene[None, None, 3:6] * g[..., None]
+  clothes = _ellipse(x, y, tshift, 1.15, 1.0, 0.47, sharp)
+  neck_full = _ellipse(x, y, 0.5 * (shift + tshift), 0.6, 0.3 * rx, 0.55, sharp)   # reaches under the head
+  face = _ellipse(x, y, shift, 0.05, rx, ry, sharp)
+  hair = _ellipse(x, y, shift, -0.55 * ry, 1.05 * rx, 0.55 * ry, sharp) * (1 - face * (y > -0.6 * ry))
+  head_a = jnp.clip(face + hair, 0.0, 1.0)
+  neck = neck_full * (1 - clothes)
+  skin = ident[:3]
+  cloth_rgb = scene[6:9]
+  torso_img = (-1.0) * (1 - clothes[..., None] - neck[..., None]) + cloth_rgb[None, None] * clothes[..., None] \
+      + skin[None, None] * neck[..., None]
+  torso_a = jnp.clip(clothes + neck, 0.0, 1.0)
+  com = bg * (1 - torso_a[..., None]) + torso_img * torso_a[..., None]
+  com = com * (1 - head_a[..., None]) + head["image"] * head_a[..., None]
+  seg = jnp.zeros((size, size), jnp.int32)
+  seg = jnp.where(clothes > 0.5, 4, seg)
+  seg = jnp.where(neck > 0.5, 2, seg)
+  seg = jnp.where(hair > 0.5, 1, seg)
+  seg = jnp.where(face > 0.5, 3, seg)
+  torso_mask = ((seg == 2) | (seg == 4))[..., None]
+  return {"com_img": jnp.clip(com, -1, 1), "torso_img": jnp.clip(torso_img, -1, 1), "bg_img": jnp.clip(bg, -1, 1),
+          "segmap": seg, "torso_mask": torso_mask, "kp": landmarks68(ident, expr, yaw), **head}
+
+
+def audio_features(expr: Array, n: int = 2, bins: int = 80) -> Array:
+  """Mel-like audio features [n, bins] of one video frame (two 50-Hz frames per 25-fps frame): a formant-shaped
+  log-mel envelope whose energy follows the mouth opening (a stand-in for mel/HuBERT in the synthetic set)."""
+  f = jnp.linspace(0.0, 1.0, bins)
+  env = jnp.exp(-((f - 0.2) / 0.08) ** 2) + 0.6 * jnp.exp(-((f - 0.45 - 0.1 * expr[2]) / 0.1) ** 2)
+  lvl = jnp.stack([expr[0] * (0.8 + 0.2 * k) for k in range(n)])
+  return (-4.0 + 4.0 * lvl[:, None] * env[None, :]).astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticTalkingHeads:
   """Deterministic random-access set of (ref, tgt) frame pairs from `n_clips` synthetic clips.
@@ -92,11 +179,14 @@ class SyntheticTalkingHeads:
   Item i: clip i % n_clips, two frames drawn from a numpy Generator seeded by (seed, i). Shapes for size S:
     ref_img, tgt_img [S,S,3]; cond_cano, cond_src, cond_tgt [S,S,3]; ref_head_mask, tgt_head_mask [S,S,1];
     ref_camera, tgt_camera [25]; ident [6]; ref_expr, tgt_expr [3]; ref_yaw, tgt_yaw [].
+  With torso=True (HTB-SR) also: ref_com_img, tgt_com_img, ref_torso_img, bg_img [S,S,3]; ref_segmap [S,S,6]
+    one-hot; tgt_torso_mask [S,S,1]; ref_kp, tgt_kp [68,3].
   """
   size: int = 64
   n_clips: int = 16
   n_items: int = 1024
   seed: int = 0
+  torso: bool = False
 
   def __len__(self) -> int:
     return self.n_items
@@ -117,7 +207,10 @@ class SyntheticTalkingHeads:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     c = self.codes(int(index))
-    return {k: np.asarray(v) for k, v in render_item(c, self.size).items()}
+    out = render_item(c, self.size)
+    if self.torso:
+      out.update(render_torso_item(c, scene_codes(self.seed, int(index) % self.n_clips), self.size))
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 @jax.jit
@@ -138,6 +231,66 @@ def render_item(codes: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray
     out = _render_item_jit(codes["ident"], codes["ref_expr"], codes["ref_yaw"], codes["tgt_expr"],
                            codes["tgt_yaw"], np.zeros((size,), np.int8))
   return jax.device_get(out)
+
+
+@jax.jit
+def _render_torso_jit(ident, ref_expr, ref_yaw, tgt_expr, tgt_yaw, scene, size_arr):
+  size = size_arr.shape[0]
+  ref = draw_full(ident, ref_expr, ref_yaw, scene, size)
+  tgt = draw_full(ident, tgt_expr, tgt_yaw, scene, size)
+  return dict(ref_com_img=ref["com_img"], tgt_com_img=tgt["com_img"], ref_torso_img=ref["torso_img"],
+              bg_img=ref["bg_img"], ref_segmap=jax.nn.one_hot(ref["segmap"], 6, dtype=jnp.float32),
+              tgt_torso_mask=tgt["torso_mask"].astype(jnp.float32), ref_kp=ref["kp"], tgt_kp=tgt["kp"])
+
+
+def render_torso_item(codes: dict[str, np.ndarray], scene: np.ndarray, size: int) -> dict[str, np.ndarray]:
+  """The HTB-SR keys of one (ref, tgt) pair (see `SyntheticTalkingHeads`)."""
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    out = _render_torso_jit(codes["ident"], codes["ref_expr"], codes["ref_yaw"], codes["tgt_expr"],
+                            codes["tgt_yaw"], scene, np.zeros((size,), np.int8))
+  return jax.device_get(out)
+
+
+def clip_codes(seed: int, clip: int, n_frames: int) -> dict[str, np.ndarray]:
+  """Codes of the frames of synthetic clip `clip`: smooth talking / head-turn trajectories with blinks.
+
+  Returns ident [6], scene [9], expr [T,3], yaw [T] (the identity is the one `SyntheticTalkingHeads` uses)."""
+  ident = SyntheticTalkingHeads(seed=seed, n_clips=clip + 1, n_items=clip + 1).codes(clip)["ident"]
+  r = np.random.default_rng([seed, 5, clip])
+  t = np.arange(n_frames, dtype=np.float64) / 25.0   # seconds at 25 fps
+  f_mouth, f_yaw, ph = r.uniform(1.5, 4.0), r.uniform(0.1, 0.4), r.uniform(0, 2 * np.pi, 3)
+  mouth = np.clip(0.5 + 0.5 * np.sin(2 * np.pi * f_mouth * t + ph[0]) * np.abs(np.sin(0.7 * t + ph[1])), 0, 1)
+  blink_at = r.uniform(0, max(t[-1], 1e-3), size=max(1, n_frames // 50))
+  eye = np.ones_like(t)
+  for b in blink_at:
+    eye = np.minimum(eye, np.clip(np.abs(t - b) / 0.12, 0.0, 1.0))
+  smile = np.sin(0.5 * t + ph[2]) * r.uniform(0.2, 1.0)
+  yaw = 0.3 * np.sin(2 * np.pi * f_yaw * t + ph[1])
+  expr = np.stack([mouth, eye, smile], -1).astype(np.float32)
+  return dict(ident=ident, scene=scene_codes(seed, clip), expr=expr, yaw=yaw.astype(np.float32))
+
+
+@jax.jit
+def _render_frames_jit(ident, scene, expr, yaw, size_arr):
+  size = size_arr.shape[0]
+
+  def one(e, y):
+    f = draw_full(ident, e, y, scene, size)
+    cano = draw(ident, e, y, size, canonical=True)
+    return dict(image=f["com_img"], head_img=f["image"], torso_img=f["torso_img"], bg_img=f["bg_img"],
+                secc=f["secc"], cano_secc=cano["secc"], head_mask=f["head_mask"], segmap=f["segmap"],
+                camera=camera_from_yaw(y), kp=f["kp"], audio=audio_features(e))
+  return jax.vmap(one)(expr, yaw)
+
+
+def render_clip(seed: int, clip: int, n_frames: int, size: int) -> dict[str, np.ndarray]:
+  """All frames of one synthetic clip, stacked [T, ...]: image (com), head_img, torso_img, bg_img, secc,
+  cano_secc [T,S,S,3] in [-1,1]; head_mask [T,S,S,1] bool; segmap [T,S,S] int32; camera [T,25]; kp [T,68,3];
+  audio [T,2,80]; plus the codes ident [6], scene [9], expr [T,3], yaw [T]."""
+  c = clip_codes(seed, clip, n_frames)
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    out = _render_frames_jit(c["ident"], c["scene"], c["expr"], c["yaw"], np.zeros((size,), np.int8))
+  return {**jax.device_get(out), **c}
 
 
 def secc_batch(ident: Array, expr: Array, yaw: Array, size: int) -> Array:
