@@ -366,7 +366,7 @@ class Portrait:
       prepare.check_image(bg, str(bg_img))
       prep["bg_img"] = prepare.to_pm1(prepare._resize(bg))[None]  # official: resized to 512², aspect not kept
     keep = ("img", "ref_gt_img", "cond_cano", "cond_src", "ref_torso_img", "bg_img", "segmap", "kp_s", "camera",
-            "id", "exp", "euler", "trans", "images_u8")
+            "id", "exp", "euler", "trans", "images_u8", "lm478")
     entry = {k: prep[k] for k in keep}
     entry["net_src"] = jax.block_until_ready(self.network.source(entry))
     entry["cached"] = False

@@ -75,18 +75,25 @@ def read_video_rgb(path) -> tuple[np.ndarray, float]:
 
 
 class Landmarker:
-  """IMAGE/VIDEO-mode FaceLandmarker on one `.task` file. num_faces=2 is requested so that a second face can be
-  reported as an error (the official code asks for 1 and silently takes the first)."""
+  """IMAGE/VIDEO-mode FaceLandmarker on one `.task` file. IMAGE mode asks for up to `MAX_FACES` faces (the official
+  code asks for 1 and silently takes the most confident): several faces are an error, or with `pick_largest=True`
+  the face with the largest landmark box wins and `faces_seen` records the most faces any image showed (the caller
+  says so once)."""
 
-  def __init__(self, task_path=None):
+  MAX_FACES = 4
+
+  def __init__(self, task_path=None, *, pick_largest: bool = False):
     from mediapipe.tasks.python import BaseOptions, vision
 
     self.path = resolve_task_path(task_path)
     self._vision = vision
     self._base = BaseOptions(model_asset_path=str(self.path))
+    self.pick_largest = pick_largest
+    self.faces_seen = 0
     try:
       self._image = vision.FaceLandmarker.create_from_options(
-          vision.FaceLandmarkerOptions(base_options=self._base, running_mode=vision.RunningMode.IMAGE, num_faces=2))
+          vision.FaceLandmarkerOptions(base_options=self._base, running_mode=vision.RunningMode.IMAGE,
+                                     num_faces=self.MAX_FACES))
     except Exception as e:
       raise FaceDetectionError(f"{self.path}: cannot load the FaceLandmarker model ({e})") from None
 
@@ -96,10 +103,16 @@ class Landmarker:
       if allow_missing:
         return None
       raise FaceDetectionError(f"{where}: no face detected")
-    if len(faces) > 1:
-      raise FaceDetectionError(f"{where}: {len(faces)} faces detected, expected exactly one")
     h, w = shape[:2]
-    return np.array([[p.x, p.y] for p in faces[0]], np.float64) * np.array([w, h])
+    pts = [np.array([[p.x, p.y] for p in f], np.float64) * np.array([w, h]) for f in faces]
+    if len(pts) > 1:
+      if not self.pick_largest:
+        raise FaceDetectionError(f"{where}: {len(faces)} faces detected, expected exactly one")
+      self.faces_seen = max(self.faces_seen, len(pts))
+      area = [np.ptp(q[:, 0]) * np.ptp(q[:, 1]) for q in pts]  # landmark bounding box, px²
+      return pts[int(np.argmax(area))]
+    self.faces_seen = max(self.faces_seen, 1)
+    return pts[0]
 
   def detect_image(self, img_rgb: np.ndarray, name: str = "image") -> np.ndarray:
     """[478,2] pixel coordinates of the one face in an uint8 RGB image."""

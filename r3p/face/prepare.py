@@ -121,7 +121,7 @@ def prepare_source(image, model: bfm.FaceModel, landmarker_path=None, segmenter_
   else:
     img = np.asarray(image, np.uint8)
   check_image(img, name)
-  lm = landmarks.Landmarker(landmarker_path)
+  lm = landmarks.Landmarker(landmarker_path, pick_largest=True)
   try:
     if not official_aspect:
       img = square_on_face(img, lm, name)
@@ -137,6 +137,8 @@ def prepare_source(image, model: bfm.FaceModel, landmarker_path=None, segmenter_
     lm512 = lm.detect_image(im512, name)
   finally:
     lm.close()
+  if lm.faces_seen > 1 and log:
+    log(f"r3p.face: {name}: {lm.faces_seen} faces detected, using the largest")
   # The progress bar starts once the input is known to be usable, so that bad inputs print one error line only.
   bar = tqdm(total=3, desc="prepare (segmentation, fit, SECC)", disable=not progress)
 

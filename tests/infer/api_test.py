@@ -178,3 +178,52 @@ def test_bad_inputs_one_line_no_output(cli, assets, tmp_path, case):
   assert not out.exists()
   if out.parent.exists():
     _no_leftovers(out.parent)
+
+
+def _two_faces(src, big_left: bool):
+  """The example portrait at full size and at half size side by side on a white square canvas (uint8 RGB)."""
+  from r3p.face import landmarks
+  img = landmarks.read_image_rgb(src)
+  import cv2
+  h, w = img.shape[:2]
+  small = cv2.resize(img, (w // 2, h // 2))
+  canvas = np.full((h + h // 2, w + w // 2, 3), 255, np.uint8)
+  if big_left:
+    canvas[:h, :w], canvas[h:, w:] = img, small
+  else:
+    canvas[:h, w // 2:], canvas[h:, :w // 2] = img, small
+  return canvas, (w if big_left else w // 2)
+
+
+@pytest.mark.parametrize("big_left", [True, False])
+def test_landmarker_two_faces_largest_or_error(assets, big_left):
+  from r3p.face import landmarks
+  img, split = _two_faces(assets["src"], big_left)
+  lm = landmarks.Landmarker(assets["mp"] / "face_landmarker.task", pick_largest=True)
+  strict = landmarks.Landmarker(assets["mp"] / "face_landmarker.task")
+  try:
+    p = lm.detect_image(img, "two")
+    assert lm.faces_seen == 2
+    big = p[:, 0].max() <= split if big_left else p[:, 0].min() >= split
+    assert big, (p[:, 0].min(), p[:, 0].max(), split)
+    assert np.ptp(p[:, 0]) > 0.3 * img.shape[1] / 1.5  # the full-size face, not the half-size one
+    with pytest.raises(landmarks.FaceDetectionError, match="2 faces detected"):
+      strict.detect_image(img, "two")
+  finally:
+    lm.close()
+    strict.close()
+
+
+def test_two_faces_in_source_use_largest_and_say_so(portrait, assets, tmp_path, monkeypatch):
+  import cv2
+  img, _ = _two_faces(assets["src"], big_left=False)
+  path = tmp_path / "two.png"
+  cv2.imwrite(str(path), img[..., ::-1])
+  lines = []
+  monkeypatch.setattr(portrait, "log", lines.append)
+  prep = portrait.prepare(path, min_face_area_percent=0.01)  # no auto-crop: the layout stays as pasted
+  said = [ln for ln in lines if "faces detected" in ln]
+  assert said == [f"r3p.face: {path}: 2 faces detected, using the largest"], lines
+  # The square canvas keeps its layout at 512²: the big face fills the right/top 2/3, the small one the left/bottom.
+  lm = prep["lm478"]  # on the 512² source
+  assert lm[:, 0].min() > 512 / 3 - 10 and lm[:, 1].max() < 2 * 512 / 3 + 10, (lm.min(0), lm.max(0))
