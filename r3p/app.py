@@ -6,14 +6,15 @@
 Binds to 127.0.0.1 unless told otherwise. The networks are loaded once; canonical planes are cached per portrait
 (`Portrait.prepare`), so a second generation on the same portrait starts faster. One generation at a time (Gradio
 queue, concurrency 1). Controls and defaults are the official app's (seed 42; an empty pose video means a static
-pose; no audio but a pose video: the video drives). Errors are shown as one sentence in the page; outputs live in
-a per-job temporary folder that Gradio's cache cleaner removes (`delete_cache`).
+pose; no audio but a pose video: the video drives). Errors are shown as one sentence in the page. Each job writes
+into its own temporary folder, removed when the job ends, fails or is cancelled (Stop button / `job.cancel()`);
+Gradio's copies of uploads and results are removed by its cache cleaner (`delete_cache`).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -35,61 +36,94 @@ def _duration_s(path: str) -> float:
     return 0.0
 
 
-def generate_fn(portrait, max_seconds: float = MAX_SECONDS, workdir: str | None = None, max_frames: int | None = None):
-  """The app's callback (also usable without a browser): returns (video path | None, cropped source | None,
-  status markdown)."""
+def _short_paths(msg: str, paths) -> str:
+  """The user's file names instead of the server's upload-cache paths in a message."""
+  for p in sorted(paths, key=len, reverse=True):
+    msg = msg.replace(p, os.path.basename(p))
+  return msg
+
+
+def generate_fn(portrait, max_seconds: float = MAX_SECONDS, workdir: str | None = None,
+                max_frames: int | None = None, chunk: int | None = None):
+  """The app's callback, also usable without a browser: a generator function yielding (video path | None, cropped
+  source | None, status markdown) after each rendered chunk; its last item is the result (or an error sentence).
+
+  Each job writes into its own folder under `workdir` (default: the system temp dir), removed when the generator
+  finishes, fails or is closed: Gradio copies the result video into its own cache before it resumes the generator,
+  and a cancelled job (Stop button, `gradio_client` `job.cancel()`) closes the generator at its next yield, which
+  closes `Portrait.animate` (its writer deletes the partial mp4) and then removes the folder. Callers outside
+  Gradio copy the video before they resume the generator past the last item."""
   from r3p import api
 
   def generate(src_img, drv_aud, drv_pose, bg_img, blink_mode, mouth_amp, temperature, head_torso_threshold,
                map_to_init_pose, out_mode, seed, progress=None):
     if not src_img:
-      return None, None, "**Error:** please upload a source portrait."
+      yield None, None, "**Error:** please upload a source portrait."
+      return
     if not drv_aud and not drv_pose:
-      return None, None, "**Error:** please upload a driving audio (or a pose video to drive with)."
+      yield None, None, "**Error:** please upload a driving audio (or a pose video to drive with)."
+      return
     if not drv_aud:
       drv_aud = drv_pose  # official app: no audio but a pose video -> the video drives
     secs = _duration_s(str(drv_aud))
     if secs > max_seconds:
-      return None, None, f"**Error:** the driving clip lasts {secs:.0f} s; this server accepts up to {max_seconds:.0f} s."
+      yield (None, None,
+             f"**Error:** the driving clip lasts {secs:.0f} s; this server accepts up to {max_seconds:.0f} s.")
+      return
+    uploads = [str(f) for f in (src_img, drv_aud, drv_pose, bg_img) if f]
     out_dir = tempfile.mkdtemp(prefix="r3p_app_", dir=workdir)
     out = os.path.join(out_dir, "result.mp4")
-    preview = None
+    preview, events = None, None
     try:
       prep = portrait.prepare(str(src_img), str(bg_img) if bg_img else None)
       preview = prep["images_u8"]["input"]
-      status = ""
-      for ev in portrait.animate(str(src_img), str(drv_aud), out, drv_pose=str(drv_pose) if drv_pose else "static",
-                                 bg_img=str(bg_img) if bg_img else None, blink_mode=blink_mode,
-                                 mouth_amp=float(mouth_amp), temperature=float(temperature),
-                                 head_torso_threshold=float(head_torso_threshold),
-                                 map_to_init_pose=bool(map_to_init_pose), out_mode=out_mode,
-                                 seed=int(seed), max_frames=max_frames):
-        if ev.stage == "render" and progress is not None:
-          progress((ev.done, ev.total), desc=f"{ev.fps:.2f} frames/s, ETA {ev.eta_s:.0f} s", unit="frames")
+      yield None, preview, "Source portrait prepared; computing the motion…"
+      status, result = "", None
+      extra = {"chunk": int(chunk)} if chunk else {}
+      events = portrait.animate(str(src_img), str(drv_aud), out, drv_pose=str(drv_pose) if drv_pose else "static",
+                                bg_img=str(bg_img) if bg_img else None, blink_mode=blink_mode,
+                                mouth_amp=float(mouth_amp), temperature=float(temperature),
+                                head_torso_threshold=float(head_torso_threshold),
+                                map_to_init_pose=bool(map_to_init_pose), out_mode=out_mode,
+                                seed=int(seed), max_frames=max_frames, **extra)
+      for ev in events:
         if ev.stage == "motion":
           status = ev.message
-        if ev.stage == "done":
+        elif ev.stage == "render":
+          msg = f"{ev.fps:.2f} frames/s, ETA {ev.eta_s:.0f} s"
+          if progress is not None:
+            progress((ev.done, ev.total), desc=msg, unit="frames")
+          if ev.done < ev.total:  # the last chunk is followed at once by 'done'
+            yield None, preview, f"Rendering: {ev.done} / {ev.total} frames, {msg}."
+        elif ev.stage == "done":
           note = " (RANDOM weights: the pictures are meaningless)" if portrait.random_weights else ""
-          return (str(ev.path), preview, f"Done: {ev.done} frames at {ev.fps:.2f} frames/s; {status}{note}.")
-      return None, preview, "**Error:** generation stopped early."
+          result = (str(ev.path), preview, f"Done: {ev.done} frames at {ev.fps:.2f} frames/s; {status}{note}.")
+      yield result if result else (None, preview, "**Error:** generation stopped early.")
     except api.user_errors() as e:
-      return None, preview, f"**Error:** {api.error_line(e)}"
+      yield None, preview, f"**Error:** {_short_paths(api.error_line(e), uploads)}"
     except Exception as e:  # noqa: BLE001 (the server keeps serving; the message is shown in the page)
-      return None, preview, f"**Error:** unexpected failure ({type(e).__name__}: {api.error_line(e)})"
+      yield (None, preview,
+             f"**Error:** unexpected failure ({type(e).__name__}: {_short_paths(api.error_line(e), uploads)})")
+    finally:  # also on GeneratorExit (a cancelled job): nothing half-written stays behind
+      if events is not None:
+        events.close()  # Portrait.animate's writer removes its partial files
+      shutil.rmtree(out_dir, ignore_errors=True)
 
   return generate
 
 
-def build_app(portrait, *, max_seconds: float = MAX_SECONDS, max_frames: int | None = None):
-  """The Blocks app around `portrait` (an `r3p.api.Portrait`). max_frames cuts every clip (previews, tests)."""
+def build_app(portrait, *, max_seconds: float = MAX_SECONDS, max_frames: int | None = None,
+              workdir: str | None = None, chunk: int | None = None):
+  """The Blocks app around `portrait` (an `r3p.api.Portrait`). max_frames cuts every clip and chunk sets the frames
+  per network call (previews, tests); workdir holds the per-job output folders (default: the system temp dir)."""
   import gradio as gr
 
-  gen = generate_fn(portrait, max_seconds, max_frames=max_frames)
+  gen = generate_fn(portrait, max_seconds, workdir=workdir, max_frames=max_frames, chunk=chunk)
 
   def run(src_img, drv_aud, drv_pose, bg_img, blink_mode, mouth_amp, temperature, head_torso_threshold,
           map_to_init_pose, out_mode, seed, progress=gr.Progress()):
-    return gen(src_img, drv_aud, drv_pose, bg_img, blink_mode, mouth_amp, temperature, head_torso_threshold,
-               map_to_init_pose, out_mode, seed, progress=progress)
+    yield from gen(src_img, drv_aud, drv_pose, bg_img, blink_mode, mouth_amp, temperature, head_torso_threshold,
+                   map_to_init_pose, out_mode, seed, progress=progress)
 
   with gr.Blocks(title="r3p — Real3D-Portrait in JAX", delete_cache=(600, 3600)) as demo:
     gr.Markdown("# r3p: Real3D-Portrait in JAX\nOne portrait + a driving audio (or video) → a talking-portrait "
@@ -111,13 +145,17 @@ def build_app(portrait, *, max_seconds: float = MAX_SECONDS, max_frames: int | N
         map_pose = gr.Checkbox(value=True, label="map_to_init_pose")
         out_mode = gr.Radio(["final", "concat_debug"], value="final", label="Output")
         seed = gr.Number(value=APP_SEED, precision=0, label="Seed")
-        btn = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Row():
+          btn = gr.Button("Generate", variant="primary", elem_id="generate")
+          stop = gr.Button("Stop", variant="stop", elem_id="stop")
       with gr.Column():
         video = gr.Video(label="Result", elem_id="result")
         preview = gr.Image(label="Auto-cropped source", elem_id="preview", interactive=False)
         status = gr.Markdown(elem_id="status")
-    btn.click(run, [src_img, drv_aud, drv_pose, bg_img, blink_mode, mouth_amp, temperature, thr, map_pose,
-                    out_mode, seed], [video, preview, status], api_name="generate", concurrency_limit=1)
+    ev = btn.click(run, [src_img, drv_aud, drv_pose, bg_img, blink_mode, mouth_amp, temperature, thr, map_pose,
+                         out_mode, seed], [video, preview, status], api_name="generate", concurrency_limit=1)
+    # Stop cancels the running job: Gradio closes the generator at its next yield (after the current chunk)
+    stop.click(lambda: "Stopped.", None, [status], cancels=[ev], api_visibility="private", queue=False)
   demo.queue(default_concurrency_limit=1)
   return demo
 
