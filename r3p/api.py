@@ -40,6 +40,7 @@ from flax import nnx
 FPS = 25
 SECC_BLOCK = 50  # the official driver renders drv SECC in chunks of 50 (matters for the face-0 mask quirk)
 OUT_MODES = ("final", "concat_debug", "alpha")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 AUDIO_EXT = (".wav", ".mp3", ".m4a", ".flac", ".ogg", ".aac")
 RANDOM_WEIGHTS_NOTE = ("r3p: using RANDOM seeded weights: the pictures are meaningless. Get the released "
                        "Real3D-Portrait checkpoints (see the README) and pass --torso_ckpt/--a2m_ckpt/--hubert_ckpt")
@@ -81,8 +82,29 @@ class Options:
   map_to_init_pose: bool = True
   seed: int = 0
   min_face_area_percent: float = 0.2
-  chunk: int = 16                      # frames per compiled network call
+  chunk: int = 16                      # frames per compiled network call (rounded up to a multiple of devices)
   max_frames: Optional[int] = None     # cut the clip (smoke tests, previews)
+  devices: int | str = 1               # local devices the chunk is sharded over (batch axis); 'all' = every one
+
+  def num_devices(self) -> int:
+    n = len(jax.local_devices())
+    if isinstance(self.devices, str):
+      if self.devices.strip().lower() == "all":
+        return n
+      try:
+        d = int(self.devices)
+      except ValueError:
+        raise InferError(f"--devices {self.devices!r}: expected a positive number or 'all'") from None
+    else:
+      d = int(self.devices)
+    if not 1 <= d <= n:
+      raise InferError(f"--devices {self.devices}: {n} local device(s) available")
+    return d
+
+  def batch(self) -> int:
+    """Frames per compiled call: `chunk` rounded up to a multiple of the device count (equal shards)."""
+    n = self.num_devices()
+    return -(-self.chunk // n) * n
 
   def check(self):
     if self.out_mode not in OUT_MODES:
@@ -101,6 +123,7 @@ class Options:
       raise InferError(f"--chunk {self.chunk}: must be ≥ 1")
     if self.max_frames is not None and self.max_frames < 1:
       raise InferError(f"--max_frames {self.max_frames}: must be ≥ 1")
+    self.num_devices()
 
 
 @dataclasses.dataclass
@@ -126,6 +149,61 @@ def _resize(x, size):
   return jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "linear", antialias=False)
 
 
+def _nearest_up(x, size):
+  """torch `F.interpolate(x, size)` (mode 'nearest': source index floor(i · in / out)), as the official
+  concat_debug panels upsample image_raw and depth."""
+  h, w = x.shape[1:3]
+  iy = (np.arange(size) * h) // size
+  ix = (np.arange(size) * w) // size
+  return x[:, iy][:, :, ix]
+
+
+def resolve_dtype(dtype) -> Any:
+  """'float32' | 'bfloat16' (or the jnp dtype) -> the jnp dtype; anything else is an `InferError`."""
+  if isinstance(dtype, str):
+    if dtype not in DTYPES:
+      raise InferError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+  d = jnp.dtype(dtype)
+  if d not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+    raise InferError(f"dtype {d}: expected float32 or bfloat16")
+  return d.type
+
+
+def _volume_depth(model, src, camera, cond_cano, cond_src, cond_tgt, key):
+  """Depth image [B,128,128,1] of the volume renderer alone (motion adapter + plane fusion + ray marching; no
+  super-resolution, torso or background): the cheap pass behind concat_debug's whole-clip depth range. Same draws
+  as `frame` for the same key (the key only feeds the renderer), hence the same depth."""
+  if hasattr(model, "depth"):
+    return model.depth(src, camera, cond_cano, cond_src, cond_tgt, key=key)
+  if not hasattr(model, "secc_img2plane_backbone"):
+    return model.frame(src, camera, cond_cano, cond_src, cond_tgt, None, None, key=key)["image_depth"]
+  from r3p.models.motion_adapter import fuse_planes
+  from r3p.render.renderer import render
+
+  cfg = model.config
+  secc = jnp.concatenate([cond_cano, cond_src, cond_tgt], axis=-1)
+  planes = fuse_planes(src["cano_planes"], model.secc_img2plane_backbone(secc), mode=cfg.phase1_plane_fusion_mode)
+  r = render(planes, model.decoder, camera, key=key, resolution=cfg.neural_rendering_resolution,
+             n_coarse=cfg.num_samples_coarse, n_fine=cfg.num_samples_fine, box_warp=cfg.box_warp, dtype=model.dtype)
+  return r["depth_image"]
+
+
+@dataclasses.dataclass
+class _Placement:
+  """Where a chunk runs: one device (default placement) or a 1-D mesh of n local devices, frames sharded over
+  the batch axis and everything else (params, source cache, per-portrait conditions, key) replicated."""
+  n: int
+  batch: Any = None        # NamedSharding(mesh, P('batch')) or None
+  replicated: Any = None   # NamedSharding(mesh, P()) or None
+
+  def frames(self, x):
+    return jnp.asarray(x) if self.batch is None else jax.device_put(x, self.batch)
+
+  def shared(self, x):
+    return x if self.replicated is None else jax.device_put(x, self.replicated)
+
+
 class Network:
   """The portrait network (`source` / `frame` methods, e.g. `OSAvatarSECC_Img2plane_Torso`) behind jitted
   functions: `source(prep)` once per portrait, `chunk(...)` for B frames. Any NNX module with those two methods
@@ -134,9 +212,37 @@ class Network:
   def __init__(self, model: nnx.Module, *, head_threshold: float = 0.9):
     self.graphdef, self.state = nnx.split(model)
     self.default_head_threshold = float(head_threshold)
+    self.dtype = jnp.dtype(getattr(model, "dtype", jnp.float32))  # activation dtype the model was built with
     self._source = jax.jit(self._source_impl)
     self._chunk = jax.jit(self._chunk_impl, static_argnames=("out_mode",))
+    self._depth_range = jax.jit(self._depth_range_impl)
+    self._placements: dict[int, tuple[_Placement, Any]] = {}  # n devices -> (placement, replicated params)
     self.source_calls = 0  # counts canonical-plane computations (the cache test reads it)
+
+  def placement(self, n: int = 1) -> _Placement:
+    """The placement for n local devices (params replicated once per n and kept)."""
+    if n not in self._placements:
+      if n == 1:
+        self._placements[1] = (_Placement(1), self.state)
+      else:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+        mesh = Mesh(np.array(jax.local_devices()[:n]), ("batch",))
+        pl = _Placement(n, NamedSharding(mesh, P("batch")), NamedSharding(mesh, P()))
+        self._placements[n] = (pl, jax.device_put(self.state, pl.replicated))
+    return self._placements[n][0]
+
+  def _state_for(self, pl: _Placement):
+    return self._placements[pl.n][1] if pl.n in self._placements else self.state
+
+  def _depth_range_impl(self, state, src, camera, cond_cano, cond_src, cond_tgt, key, valid):
+    model = nnx.merge(self.graphdef, state)
+    b = camera.shape[0]
+    rep = lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:])  # noqa: E731
+    d = _volume_depth(model, jax.tree.map(rep, src), camera, rep(cond_cano), rep(cond_src), cond_tgt, key)
+    d = d.astype(jnp.float32).reshape(b, -1)
+    m = valid[:, None]  # padded frames of the last chunk do not count
+    return jnp.min(jnp.where(m, d, jnp.inf)), jnp.max(jnp.where(m, d, -jnp.inf))
 
   def _source_impl(self, state, img, torso, bg, segmap):
     return nnx.merge(self.graphdef, state).source(img, torso, bg, segmap)
@@ -149,7 +255,7 @@ class Network:
     src_b = jax.tree.map(rep, src)
     out = model.frame(src_b, camera, rep(cond_cano), rep(cond_src), cond_tgt, rep(kp_s), kp_d, key=key,
                       head_threshold=head_threshold)
-    image = jnp.clip(out["image"], -1.0, 1.0)
+    image = jnp.clip(out["image"].astype(jnp.float32), -1.0, 1.0)
     size = image.shape[1]
     if out_mode == "final":
       return {"image": image}
@@ -160,8 +266,9 @@ class Network:
       occ = out.get("occlusion_2")
       occ = jnp.zeros_like(head) if occ is None else _resize(occ.astype(jnp.float32), size)
       return {"image": image, "alpha": person_alpha(head, occ, head_threshold)}
-    raw = _resize(jnp.clip(out["image_raw"], -1.0, 1.0), size)
-    depth = _resize(out["image_depth"].astype(jnp.float32), size)
+    # Official concat_debug: image_raw and depth upsampled with torch's default 'nearest'.
+    raw = _nearest_up(jnp.clip(out["image_raw"].astype(jnp.float32), -1.0, 1.0), size)
+    depth = _nearest_up(out["image_depth"].astype(jnp.float32), size)
     return {"image": image, "raw": raw, "depth": depth}
 
   def source(self, prep: dict) -> Any:
@@ -169,9 +276,21 @@ class Network:
     f = lambda k: jnp.asarray(prep[k], jnp.float32)  # noqa: E731
     return self._source(self.state, f("img"), f("ref_torso_img"), f("bg_img"), f("segmap"))
 
-  def chunk(self, src, camera, cond_cano, cond_src, cond_tgt, kp_s, kp_d, key, head_threshold, out_mode):
-    return self._chunk(self.state, src, camera, cond_cano, cond_src, cond_tgt, kp_s, kp_d, key,
-                       jnp.float32(head_threshold), out_mode=out_mode)
+  def chunk(self, src, camera, cond_cano, cond_src, cond_tgt, kp_s, kp_d, key, head_threshold, out_mode,
+            placement: _Placement | None = None):
+    """B frames -> dict of output arrays. With a multi-device `placement`, src / cond_cano / cond_src / kp_s must
+    already be replicated on its mesh (`placement.shared`); the per-frame inputs are sharded here."""
+    pl = placement or self.placement(1)
+    return self._chunk(self._state_for(pl), src, pl.frames(camera), cond_cano, cond_src, pl.frames(cond_tgt), kp_s,
+                       pl.frames(kp_d), pl.shared(key), pl.shared(jnp.float32(head_threshold)), out_mode=out_mode)
+
+  def depth_range(self, src, camera, cond_cano, cond_src, cond_tgt, key, valid,
+                  placement: _Placement | None = None) -> tuple[float, float]:
+    """(min, max) of the volume-rendered depth over the frames where `valid` (bool [B])."""
+    pl = placement or self.placement(1)
+    lo, hi = self._depth_range(self._state_for(pl), src, pl.frames(camera), cond_cano, cond_src,
+                               pl.frames(cond_tgt), pl.shared(key), pl.frames(np.asarray(valid, bool)))
+    return float(lo), float(hi)
 
 
 def random_portrait_model(seed: int = 0, **kw) -> nnx.Module:
@@ -295,9 +414,12 @@ class Portrait:
   # ------------------------------------------------------------------ construction
   @classmethod
   def random_weights(cls, seed: int = 0, *, landmarker=None, segmenter=None, bfm_dir=None, hubert_config=None,
-                     model: nnx.Module | None = None, **kw) -> "Portrait":
+                     model: nnx.Module | Callable[..., nnx.Module] | None = None, dtype="float32",
+                     **kw) -> "Portrait":
     """Seeded random weights for every network and (without bfm_dir) the synthetic face model. For smoke tests:
-    the pictures are meaningless. `model` replaces the portrait network (tests pass a small stand-in)."""
+    the pictures are meaningless. `model` replaces the portrait network (tests pass a small stand-in): a module,
+    used as built, or a factory called as `model(dtype=...)`. dtype: the portrait network's activation dtype,
+    'float32' (default) or 'bfloat16' (params stay float32)."""
     from r3p.audio.drive import AudioToMotion
     from r3p.face import bfm, landmarks
 
@@ -305,16 +427,22 @@ class Portrait:
     log(RANDOM_WEIGHTS_NOTE)
     task = landmarks.resolve_task_path(landmarker)
     face = bfm.default_face_model(bfm_dir, task, log=log)
-    net = Network(model if model is not None else random_portrait_model(seed))
+    dt = resolve_dtype(dtype)
+    if model is None:
+      model = random_portrait_model(seed, dtype=dt)
+    elif not isinstance(model, nnx.Module):
+      model = model(dtype=dt)
+    net = Network(model)
     return cls(net, AudioToMotion.random(seed, hubert_config), face, landmarker=task, segmenter=segmenter,
                random_weights=True, **kw)
 
   @classmethod
   def from_checkpoints(cls, torso_ckpt, a2m_ckpt=None, hubert_ckpt=None, *, landmarker=None, segmenter=None,
-                       bfm_dir=None, **kw) -> "Portrait":
+                       bfm_dir=None, dtype="float32", **kw) -> "Portrait":
     """Either an r3p checkpoint folder written by `python -m r3p.convert` (`from_checkpoints(dir)`, fast), or the
     official files: torso_ckpt / a2m_ckpt = a `model_ckpt_steps_*.ckpt` file or its folder (newest step),
-    hubert_ckpt = a transformers HuBERT-large folder or weights file."""
+    hubert_ckpt = a transformers HuBERT-large folder or weights file. dtype: the portrait network's activation
+    dtype ('float32' default, or 'bfloat16'; params stay float32)."""
     from r3p.audio.drive import AudioToMotion
     from r3p.convert import cli as convert_cli
     from r3p.convert import torch_ckpt
@@ -322,12 +450,13 @@ class Portrait:
     from r3p.models import portrait
 
     log = kw.get("log") or (lambda s: print(s, file=sys.stderr))
+    dt = resolve_dtype(dtype)
     if torso_ckpt is not None and (pathlib.Path(torso_ckpt) / convert_cli.MANIFEST).is_file():
       man = convert_cli.load_manifest(torso_ckpt)
       missing = {"torso", "a2m", "hubert"} - set(man["networks"])
       if missing:
         raise InferError(f"{torso_ckpt}: the r3p checkpoint lacks {', '.join(sorted(missing))}")
-      model, driver = convert_cli.load_torso(torso_ckpt), convert_cli.load_audio_driver(torso_ckpt)
+      model, driver = convert_cli.load_torso(torso_ckpt, dtype=dt), convert_cli.load_audio_driver(torso_ckpt)
     else:
       torso_file, a2m_file = newest_ckpt(torso_ckpt, "--torso_ckpt"), newest_ckpt(a2m_ckpt, "--a2m_ckpt")
       if hubert_ckpt is None or not os.path.exists(hubert_ckpt):
@@ -336,7 +465,7 @@ class Portrait:
                                          where=str(torso_file))
       if not any(k.startswith("cano_img2plane_backbone.") for k in sd):
         raise InferError(f"{torso_file}: not a secc2plane_torso checkpoint (no cano_img2plane_backbone.* keys)")
-      model = portrait.build(sd)
+      model = portrait.build(sd, dtype=dt)
       del sd
       driver = AudioToMotion.from_checkpoints(hubert_ckpt, str(a2m_file))
     task = landmarks.resolve_task_path(landmarker)
@@ -450,39 +579,74 @@ class Portrait:
     return bfm.driving_pose(prep["euler"], prep["trans"], drv_e, drv_t, t, opts.map_to_init_pose)
 
   # ------------------------------------------------------------------ frames
+  def _chunks(self, drv: Driving, b: int, t: int):
+    """(start, frame indices (last chunk padded with its last frame), number of real frames) of every chunk."""
+    for c0 in range(0, t, b):
+      yield c0, np.minimum(np.arange(c0, c0 + b), t - 1), min(b, t - c0)
+
+  def depth_range(self, prep: dict, drv: Driving, opts: Options, *, placement=None, inputs=None) -> tuple[float, float]:
+    """Min and max of the volume-rendered depth over the WHOLE clip (the official concat_debug normalises the
+    depth panel by them). A cheap first pass: only the motion adapter and the renderer run (no super-resolution,
+    torso or background), with the same per-chunk keys as the frames (hence the same depth), keeping two numbers
+    per chunk — memory stays flat in the clip length."""
+    from r3p.face import bfm
+
+    t, b = drv.num_frames, opts.batch()
+    pl = placement or self.network.placement(opts.num_devices())
+    if inputs is None:
+      inputs = self._shared_inputs(prep, drv, pl)
+    src, cond_cano, cond_src = inputs["src"], inputs["cond_cano"], inputs["cond_src"]
+    stream = _SeccStream(self.renderer, prep["id"].reshape(1, bfm.ID_DIM), drv.exp, drv.blinks)
+    base_key = jax.random.key(opts.seed)
+    lo, hi = np.inf, -np.inf
+    for c0, idx, n in self._chunks(drv, b, t):
+      tgt = np.stack([stream.get(int(i)) for i in idx])
+      c_lo, c_hi = self.network.depth_range(src, drv.camera[idx], cond_cano, cond_src, tgt,
+                                            jax.random.fold_in(base_key, c0 // b), np.arange(b) < n, pl)
+      lo, hi = min(lo, c_lo), max(hi, c_hi)
+    return lo, hi
+
+  def _shared_inputs(self, prep: dict, drv: Driving, pl) -> dict:
+    """Per-portrait network inputs, placed (replicated on a multi-device mesh)."""
+    from r3p.face import bfm
+
+    ids = prep["id"].reshape(1, bfm.ID_DIM)
+    # Official source SECC of the driver: (id, first driving expression), rendered alone, never blink-edited.
+    cond_src = self.renderer.render(ids, drv.exp[:1])[0]
+    return {"src": pl.shared(prep["net_src"]), "cond_cano": pl.shared(jnp.asarray(prep["cond_cano"])),
+            "cond_src": pl.shared(jnp.asarray(cond_src)), "kp_s": pl.shared(jnp.asarray(prep["kp_s"]))}
+
   def frames(self, prep: dict, drv: Driving, opts: Options) -> Iterator[np.ndarray]:
-    """uint8 frames of the clip, computed `opts.chunk` at a time (last chunk padded by repeating its last frame)."""
+    """uint8 frames of the clip, computed `opts.batch()` at a time (the last chunk padded by repeating its last
+    frame), sharded over `opts.devices` local devices."""
     from r3p.face import bfm
     from r3p.video import to_uint8
 
-    t, b = drv.num_frames, opts.chunk
-    ids = prep["id"].reshape(1, bfm.ID_DIM)
-    stream = _SeccStream(self.renderer, ids, drv.exp, drv.blinks)
-    # Official source SECC of the driver: (id, first driving expression), rendered alone, never blink-edited.
-    cond_src = jnp.asarray(self.renderer.render(ids, drv.exp[:1])[0])
-    cond_cano = jnp.asarray(prep["cond_cano"])
-    kp_s = jnp.asarray(prep["kp_s"])
+    t, b = drv.num_frames, opts.batch()
+    pl = self.network.placement(opts.num_devices())
+    shared = self._shared_inputs(prep, drv, pl)
+    stream = _SeccStream(self.renderer, prep["id"].reshape(1, bfm.ID_DIM), drv.exp, drv.blinks)
     thr = self.network.default_head_threshold if opts.head_torso_threshold is None else opts.head_torso_threshold
     base_key = jax.random.key(opts.seed)
-    depth_range = None
+    depth_range = self.depth_range(prep, drv, opts, placement=pl, inputs=shared) \
+        if opts.out_mode == "concat_debug" else None
     ref_u8 = to_uint8(prep["ref_gt_img"][0])
+    chunks = self._chunks(drv, b, t)
     pending = None  # (device outputs, host inputs) of the chunk in flight: host work overlaps the device
-    for c0 in range(0, t + b, b):
-      if c0 < t:
-        idx = np.minimum(np.arange(c0, c0 + b), t - 1)
+    while True:
+      c = next(chunks, None)
+      if c is not None:
+        c0, idx, n = c
         tgt = np.stack([stream.get(int(i)) for i in idx])
-        out = self.network.chunk(prep["net_src"], jnp.asarray(drv.camera[idx]), cond_cano, cond_src,
-                                 jnp.asarray(tgt), kp_s, jnp.asarray(drv.kp_d[idx]),
-                                 jax.random.fold_in(base_key, c0 // b), thr, opts.out_mode)
-        nxt = (out, tgt, min(b, t - c0))
+        out = self.network.chunk(shared["src"], drv.camera[idx], shared["cond_cano"], shared["cond_src"], tgt,
+                                 shared["kp_s"], drv.kp_d[idx], jax.random.fold_in(base_key, c0 // b), thr,
+                                 opts.out_mode, pl)
+        nxt = (out, tgt, n)
       else:
         nxt = None
       if pending is not None:
         out_p, tgt_p, n = pending
         host = {k: np.asarray(v)[:n] for k, v in out_p.items()}
-        if opts.out_mode == "concat_debug" and depth_range is None:
-          # Official: min-max over the whole clip. Streaming keeps the first chunk's range for the clip.
-          depth_range = (float(host["depth"].min()), float(host["depth"].max()))
         for j in range(n):
           img = to_uint8(host["image"][j])
           if opts.out_mode == "final":
@@ -491,6 +655,7 @@ class Portrait:
             a = (np.clip(host["alpha"][j], 0, 1) * 255).astype(np.uint8)
             yield np.concatenate([img, a], -1)
           else:
+            # Official: min-max over the whole clip (first pass above), ×2−1, clamped, 3 channels.
             lo, hi = depth_range
             d = (host["depth"][j] - lo) / max(hi - lo, 1e-8) * 2 - 1
             d = np.repeat(np.clip(d, -1, 1), 3, -1) if d.shape[-1] == 1 else d
@@ -521,12 +686,12 @@ class Portrait:
       writer = PngSequenceWriter(out.with_suffix("") if out.suffix else out)
     else:
       writer = Mp4Writer(out, fps=FPS, audio=drv.audio, audio_optional=drv.audio_optional)
-    done, t_start = 0, time.perf_counter()
+    done, t_start, batch = 0, time.perf_counter(), opts.batch()
     try:
       for frame in self.frames(prep, drv, opts):
         writer.write(frame)
         done += 1
-        if done % opts.chunk == 0 or done == total:
+        if done % batch == 0 or done == total:
           el = time.perf_counter() - t_start
           fps = done / el if el > 0 else 0.0
           yield Progress("render", done, total, fps=fps, eta_s=(total - done) / fps if fps else float("nan"),

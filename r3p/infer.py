@@ -8,7 +8,8 @@
 Flags and meanings follow the official `inference/real3d_infer.py` (PIPELINE.md §7.1), with these differences:
 `--seed` defaults to 0 (the official seeds from the clock); `--drv_pose` defaults to 'static' (the official CLI
 defaults to its bundled May_5s.mp4); `--out_mode` defaults to 'final' and adds 'alpha' (RGBA PNG frames);
-`--out_name` is required. r3p adds `--chunk` (frames per compiled call), `--max_frames`, `--random_weights`,
+`--out_name` is required. r3p adds `--chunk` (frames per compiled call), `--devices N|all` (each chunk sharded
+over local devices), `--dtype float32|bfloat16` (network activations), `--max_frames`, `--random_weights`,
 `--landmarker`/`--segmenter` (MediaPipe model files, or $R3P_MEDIAPIPE_DIR) and `--bfm_dir` (BFM 2009 files; the
 synthetic face model without it). A bad input prints one `r3p infer: error: ...` line and exits with status 2,
 leaving no output file.
@@ -59,7 +60,12 @@ def build_parser(prog: str = "r3p infer") -> argparse.ArgumentParser:
   ap.add_argument("--segmenter", help="selfie_multiclass_256x256.tflite or selfie_segmentation.tflite "
                                       "(default: from $R3P_MEDIAPIPE_DIR)")
   ap.add_argument("--bfm_dir", help="BFM 2009 folder (default: the synthetic face model)")
-  ap.add_argument("--chunk", type=int, default=16, help="frames per compiled network call")
+  ap.add_argument("--chunk", type=int, default=16,
+                  help="frames per compiled network call (rounded up to a multiple of --devices)")
+  ap.add_argument("--devices", default="1",
+                  help="local devices to shard each chunk over (batch axis; params replicated); 'all' = every one")
+  ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                  help="activation dtype of the portrait network (params stay float32)")
   ap.add_argument("--max_frames", type=int, default=None, help="cut the clip to this many frames")
   ap.add_argument("--no_progress", action="store_true")
   return ap
@@ -69,7 +75,8 @@ def options_from_args(args) -> dict:
   return dict(drv_pose=args.drv_pose, bg_img=args.bg_img or None, blink_mode=args.blink_mode,
               temperature=args.temperature, mouth_amp=args.mouth_amp, head_torso_threshold=args.head_torso_threshold,
               out_mode=args.out_mode, map_to_init_pose=args.map_to_init_pose, seed=args.seed,
-              min_face_area_percent=args.min_face_area_percent, chunk=args.chunk, max_frames=args.max_frames)
+              min_face_area_percent=args.min_face_area_percent, chunk=args.chunk, max_frames=args.max_frames,
+              devices=args.devices)
 
 
 def main(argv=None, prog: str = "r3p infer") -> int:
@@ -90,17 +97,17 @@ def main(argv=None, prog: str = "r3p infer") -> int:
         return fail(f"{what} {p}: file not found")
     if args.random_weights:
       portrait = api.Portrait.random_weights(args.seed, landmarker=args.landmarker, segmenter=args.segmenter,
-                                             bfm_dir=args.bfm_dir)
+                                             bfm_dir=args.bfm_dir, dtype=args.dtype)
     elif args.ckpt_dir:
       portrait = api.Portrait.from_checkpoints(args.ckpt_dir, landmarker=args.landmarker, segmenter=args.segmenter,
-                                               bfm_dir=args.bfm_dir)
+                                               bfm_dir=args.bfm_dir, dtype=args.dtype)
     else:
       if not (args.torso_ckpt and args.a2m_ckpt and args.hubert_ckpt):
         return fail("--ckpt_dir, or --torso_ckpt, --a2m_ckpt and --hubert_ckpt, are required (or --random_weights for a smoke "
                     "test with meaningless pictures)")
       portrait = api.Portrait.from_checkpoints(args.torso_ckpt, args.a2m_ckpt, args.hubert_ckpt,
                                                landmarker=args.landmarker, segmenter=args.segmenter,
-                                               bfm_dir=args.bfm_dir)
+                                               bfm_dir=args.bfm_dir, dtype=args.dtype)
     path = portrait.generate(args.src_img, args.drv_aud, args.out_name, progress=not args.no_progress,
                              **options_from_args(args))
   except api.user_errors() as e:

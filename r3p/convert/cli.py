@@ -109,14 +109,17 @@ def load_manifest(ckpt_dir) -> dict:
   return json.loads(p.read_text())
 
 
-def load_torso(ckpt_dir):
-  """The portrait network from a converted folder."""
+def load_torso(ckpt_dir, dtype=None):
+  """The portrait network from a converted folder; `dtype` = its activation dtype (None: float32; params stay
+  float32)."""
+  import jax.numpy as jnp
   from flax import nnx
 
   from r3p.models import portrait
   man = load_manifest(ckpt_dir)
   cfg = portrait.Config(**man["networks"]["torso"].get("config", {}))
-  model = nnx.eval_shape(lambda: portrait.OSAvatarSECC_Img2plane_Torso(cfg, rngs=nnx.Rngs(0)))
+  dt = jnp.float32 if dtype is None else dtype
+  model = nnx.eval_shape(lambda: portrait.OSAvatarSECC_Img2plane_Torso(cfg, dtype=dt, rngs=nnx.Rngs(0)))
   return _restore(pathlib.Path(ckpt_dir) / "torso", model)
 
 

@@ -2,54 +2,21 @@
 face model, a 1-layer random HuBERT, the random A2M) and a small stand-in for the portrait network
 (`tiny_net.py`; the full network costs ~10 s per frame on a 2-core CPU: see infer_full_test.py, slow).
 
-One `Portrait` is built per module; the CLI tests route `--random_weights` to it, so the source portrait is
-prepared once (and the cache itself is tested)."""
+One `Portrait` is built per session (fixtures `assets`, `short_wav`, `portrait`: conftest.py); the CLI tests
+route `--random_weights` to it, so the source portrait is prepared once (and the cache itself is tested)."""
 import os
 import pathlib
 import wave
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from r3p import api, infer, video
-from r3p.models import hubert as H
-from tests.conftest import shared_path
-from tests.infer.tiny_net import TinyPortraitNet
-
-SMALL_HUBERT = H.HubertConfig(num_hidden_layers=1, intermediate_size=1024, conv_dim=(32,) * 7,
-                              num_conv_pos_embeddings=16)
-
-
-@pytest.fixture(scope="module")
-def assets():
-  return {"src": shared_path("assets", "examples", "Macron.png"),
-          "aud": shared_path("assets", "examples", "Obama_5s.wav"),
-          "bg": shared_path("assets", "examples", "bg.png"),
-          "mp": shared_path("assets", "mediapipe", "face_landmarker.task").parent}
-
-
-@pytest.fixture(scope="module")
-def short_wav(assets, tmp_path_factory):
-  """The first 2 s of the example audio (keeps the whole-clip tests short on a 2-core CPU)."""
-  import soundfile as sf
-  x, sr = sf.read(str(assets["aud"]), dtype="int16")
-  p = tmp_path_factory.mktemp("aud") / "obama_2s.wav"
-  sf.write(p, x[:2 * sr], sr, subtype="PCM_16")
-  return p
-
-
-@pytest.fixture(scope="module")
-def portrait(assets):
-  mp = assets["mp"]
-  return api.Portrait.random_weights(0, landmarker=mp / "face_landmarker.task",
-                                     segmenter=mp / "selfie_segmentation.tflite", hubert_config=SMALL_HUBERT,
-                                     model=TinyPortraitNet(rngs=nnx.Rngs(0)), log=lambda s: None)
 
 
 @pytest.fixture
 def cli(portrait, monkeypatch, capsys):
-  """Runs `r3p infer` in-process with --random_weights bound to the module's portrait; returns (rc, stderr)."""
+  """Runs `r3p infer` in-process with --random_weights bound to the session's portrait; returns (rc, stderr)."""
   monkeypatch.setattr(api.Portrait, "random_weights", classmethod(lambda cls, *a, **k: portrait))
 
   def run(*argv):
