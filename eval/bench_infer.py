@@ -1,7 +1,8 @@
 """Benchmark of `r3p infer` (random weights): frames/s and peak memory per (clip length, chunk size).
 
     python -m eval.bench_infer --src_img Macron.png --drv_aud Obama_5s.wav --landmarker_dir DIR \
-        [--seconds 10 600] [--chunks 1 4 16] [--net full|standin] [--max_frames N] [--json out.json]
+        [--seconds 10 600] [--chunks 1 4 16] [--net full|standin] [--max_frames N] [--dtype float32|bfloat16]
+    [--devices N|all] [--json out.json]
 
 Each configuration runs in a fresh child process (so peak RSS is its own, `ru_maxrss`) through `Portrait.animate`
 — the same path as the CLI — writing a real mp4. The driving audio is the given clip tiled to the requested
@@ -66,11 +67,13 @@ def _tiled_audio(src: str, seconds: float, out: str):
 def child(args) -> dict:
   from r3p import api
 
+  load0 = os.getloadavg()[0]
   t0 = time.perf_counter()
   model = _standin_model() if args.net == "standin" else None
   mp = args.landmarker_dir
   p = api.Portrait.random_weights(0, landmarker=os.path.join(mp, "face_landmarker.task"),
-                                  segmenter=args.segmenter or None, model=model, log=lambda s: None)
+                                  segmenter=args.segmenter or None, model=model, log=lambda s: None,
+                                  dtype=args.dtype)
   build_s = time.perf_counter() - t0
   with tempfile.TemporaryDirectory() as d:
     wav = os.path.join(d, "drv.wav")
@@ -78,7 +81,7 @@ def child(args) -> dict:
     times = []
     first = None
     for ev in p.animate(args.src_img, wav, os.path.join(d, "out.mp4"), chunk=args.child_chunk,
-                        max_frames=args.max_frames):
+                        max_frames=args.max_frames, devices=args.devices):
       if ev.stage == "motion":
         prep_s = ev.elapsed_s
       if ev.stage == "render":
@@ -90,8 +93,10 @@ def child(args) -> dict:
   steady = (times[-1][0] - times[0][0]) / (times[-1][1] - times[0][1]) if len(times) > 1 else float("nan")
   return {"net": args.net, "seconds": args.child_seconds, "chunk": args.child_chunk, "frames": frames,
           "steady_fps": steady, "overall_fps": frames / total_s, "build_s": build_s, "prepare_s": prep_s,
-          "first_chunk_s": first, "total_s": total_s,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "first_chunk_s": first, "total_s": total_s, "dtype": args.dtype, "devices": args.devices,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          # The machine may be shared: the 1-minute load average before and after, to judge each number.
+          "load_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
 def main(argv=None) -> int:
@@ -103,7 +108,10 @@ def main(argv=None) -> int:
   ap.add_argument("--seconds", type=float, nargs="+", default=[10.0, 600.0])
   ap.add_argument("--chunks", type=int, nargs="+", default=[1, 4, 16])
   ap.add_argument("--net", choices=("full", "standin"), default="standin")
-  ap.add_argument("--max_frames", type=int)
+  ap.add_argument("--max_frames", type=int, help="cut every clip to this many frames (the audio front end still "
+                                                 "runs over the whole clip)")
+  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  ap.add_argument("--devices", default="1", help="local devices per chunk (N or 'all')")
   ap.add_argument("--json")
   ap.add_argument("--child_seconds", type=float, help=argparse.SUPPRESS)
   ap.add_argument("--child_chunk", type=int, help=argparse.SUPPRESS)
@@ -116,7 +124,7 @@ def main(argv=None) -> int:
     for chunk in args.chunks:
       cmd = [sys.executable, "-m", "eval.bench_infer", "--src_img", args.src_img, "--drv_aud", args.drv_aud,
              "--landmarker_dir", args.landmarker_dir, "--net", args.net, "--child_seconds", str(secs),
-             "--child_chunk", str(chunk)]
+             "--child_chunk", str(chunk), "--dtype", args.dtype, "--devices", args.devices]
       if args.segmenter:
         cmd += ["--segmenter", args.segmenter]
       if args.max_frames:
@@ -131,8 +139,8 @@ def main(argv=None) -> int:
       rows.append(row)
       print(f"{row['net']:8s} {secs:6.0f} s chunk {chunk:2d}: {row['frames']:6d} frames, steady "
             f"{row['steady_fps']:.2f} frames/s (overall {row['overall_fps']:.2f}), peak RSS "
-            f"{row['peak_rss_mb']:.0f} MB, prepare {row['prepare_s']:.1f} s, first chunk {row['first_chunk_s']:.1f} s",
-            flush=True)
+            f"{row['peak_rss_mb']:.0f} MB, prepare {row['prepare_s']:.1f} s, first chunk {row['first_chunk_s']:.1f} s, "
+            f"load {row['load_1min']}", flush=True)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=1)
