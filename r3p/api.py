@@ -128,8 +128,9 @@ class Options:
 
 @dataclasses.dataclass
 class Progress:
-  """One event of `Portrait.animate`: after each chunk (stage 'render') and once at the end (stage 'done', with
-  `path`). `frame` is the last frame written (uint8), for live previews."""
+  """One event of `Portrait.animate`: stages 'prepare', 'motion', 'depth' (concat_debug's first pass starts),
+  then after each chunk ('render') and once at the end ('done', with `path`). `frame` is the last frame written
+  (uint8), for live previews."""
   stage: str
   done: int
   total: int
@@ -579,12 +580,14 @@ class Portrait:
     return bfm.driving_pose(prep["euler"], prep["trans"], drv_e, drv_t, t, opts.map_to_init_pose)
 
   # ------------------------------------------------------------------ frames
-  def _chunks(self, drv: Driving, b: int, t: int):
+  @staticmethod
+  def _chunks(b: int, t: int):
     """(start, frame indices (last chunk padded with its last frame), number of real frames) of every chunk."""
     for c0 in range(0, t, b):
       yield c0, np.minimum(np.arange(c0, c0 + b), t - 1), min(b, t - c0)
 
-  def depth_range(self, prep: dict, drv: Driving, opts: Options, *, placement=None, inputs=None) -> tuple[float, float]:
+  def depth_range(self, prep: dict, drv: Driving, opts: Options, *, placement=None,
+                  inputs=None) -> tuple[float, float]:
     """Min and max of the volume-rendered depth over the WHOLE clip (the official concat_debug normalises the
     depth panel by them). A cheap first pass: only the motion adapter and the renderer run (no super-resolution,
     torso or background), with the same per-chunk keys as the frames (hence the same depth), keeping two numbers
@@ -599,7 +602,7 @@ class Portrait:
     stream = _SeccStream(self.renderer, prep["id"].reshape(1, bfm.ID_DIM), drv.exp, drv.blinks)
     base_key = jax.random.key(opts.seed)
     lo, hi = np.inf, -np.inf
-    for c0, idx, n in self._chunks(drv, b, t):
+    for c0, idx, n in self._chunks(b, t):
       tgt = np.stack([stream.get(int(i)) for i in idx])
       c_lo, c_hi = self.network.depth_range(src, drv.camera[idx], cond_cano, cond_src, tgt,
                                             jax.random.fold_in(base_key, c0 // b), np.arange(b) < n, pl)
@@ -631,7 +634,7 @@ class Portrait:
     depth_range = self.depth_range(prep, drv, opts, placement=pl, inputs=shared) \
         if opts.out_mode == "concat_debug" else None
     ref_u8 = to_uint8(prep["ref_gt_img"][0])
-    chunks = self._chunks(drv, b, t)
+    chunks = self._chunks(b, t)
     pending = None  # (device outputs, host inputs) of the chunk in flight: host work overlaps the device
     while True:
       c = next(chunks, None)
@@ -686,6 +689,9 @@ class Portrait:
       writer = PngSequenceWriter(out.with_suffix("") if out.suffix else out)
     else:
       writer = Mp4Writer(out, fps=FPS, audio=drv.audio, audio_optional=drv.audio_optional)
+    if opts.out_mode == "concat_debug":
+      yield Progress("depth", 0, total, elapsed_s=time.perf_counter() - t0,
+                     message="whole-clip depth range (renderer-only first pass)")
     done, t_start, batch = 0, time.perf_counter(), opts.batch()
     try:
       for frame in self.frames(prep, drv, opts):
