@@ -105,7 +105,8 @@ def _write_wav(path, samples):
 
 
 @pytest.mark.parametrize("case", ["missing_src", "corrupt_img", "no_face", "silent", "empty", "unsupported",
-                                  "bad_out", "bad_mode_value", "tiny_img", "ckpt_dir"])
+                                  "bad_out", "bad_mode_value", "tiny_img", "ckpt_dir",
+                                  "bad_devices"])
 def test_bad_inputs_one_line_no_output(cli, assets, tmp_path, case):
   import cv2
   src, aud = assets["src"], assets["aud"]
@@ -135,6 +136,8 @@ def test_bad_inputs_one_line_no_output(cli, assets, tmp_path, case):
     out = tmp_path / "out" / "o.avi"
   elif case == "bad_mode_value":
     extra += ["--temperature", "-1"]
+  elif case == "bad_devices":
+    extra += ["--devices", "99"]
   elif case == "ckpt_dir":
     extra = ["--torso_ckpt", tmp_path, "--a2m_ckpt", tmp_path, "--hubert_ckpt", tmp_path]
   rc, err = cli(*extra, "--src_img", src, "--drv_aud", aud, "--out_name", out, "--no_progress")
