@@ -5,11 +5,12 @@ I2P, decoder and SR. Variants:
   tiny — CPU, ~2 min for 200 steps on 2 cores: the embedded synthetic dataset at 64², a tiny conv canonical
          encoder instead of the I2P (Img2PlaneModel has no size option), MiT with dims (8,16,16,16) / depth 1,
          head dim 16, rendering at 32² with 12+12 samples, no SR (the raw-image phase only), global batch 2,
-         schedule times scaled ÷1000. Loss: masked L1 on raw + opacity + density + SECC/blink regularisers.
+         schedule times scaled ÷1000. Loss: masked L1, perceptual (VGG ÷8 widths, random weights) and lip crops
+         on raw + opacity + density + SECC/blink regularisers.
   full — the released sizes (I2P, MiT-b0, OSGDecoder, 128² × 48+48 render, HTB-SR shapes), batch 1 per device,
          released schedule (lr 1e-4, warmup 4000, ×0.95 / 5k, floor 5e-6, max 250k). Used for the compiled
          memory/cost analysis (`python -m train.main --config configs/motion_adapter.py:full --analyze_only`).
-Ablations: `:tiny,ablation=no_reg` (no SECC/blink/density regularisers).
+Ablations: `:tiny,ablation=no_reg` (no SECC/blink/density regularisers), `no_lpips` (no perceptual terms).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from configs import common
 ABLATIONS = {
     "none": {},
     "no_reg": {"loss.density": 0.0, "loss.secc_target": 0.0, "loss.blink_target": 0.0},
+    "no_lpips": {"loss.lpips_raw": 0.0, "loss.lip_lpips": 0.0},
 }
 
 
@@ -58,7 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       b1=0.0, b2=0.99, clip=1.0, d_reg_interval=16))
   c.loss = ml_collections.ConfigDict(dict(
       mse=1.0, mse_raw=1.0, unmasked_weight=0.2, weights_l1=0.1, weights_entropy=0.01, density=0.25 * 4,
-      reg_interval=4, secc_target=0.0, blink_target=0.3, lambda_lr=0.01, lambda_init=1e-3, src2src_interval=16))
+      reg_interval=4, secc_target=0.0, blink_target=0.3, lambda_lr=0.01, lambda_init=1e-3, src2src_interval=16,
+      # perceptual (vgg19_v2, TRAINING §2.1.1) on the raw image and the lip crops (§2.1.3). `tiny`: VGG widths
+      # ÷8, random weights, evaluated at 32² (released: full widths, 512², user-supplied converted weights).
+      lpips_raw=0.1, lip_mae=0.5, lip_lpips=0.05, lpips_size=32 if tiny else 512, vgg_width_div=8 if tiny else 1,
+      lip_crop_size=16 if tiny else 64, vgg19_weights="", vggface_weights=""))
   c.log_every = 10 if tiny else 100
   c.ckpt_every = 50 if tiny else 5000
   c.keep_period = 0 if tiny else 50_000

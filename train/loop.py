@@ -46,6 +46,8 @@ def train(cfg, workdir: str) -> dict[str, list]:
     logging.info("resumed from step %d", int(jax.device_get(state["step"])))
   else:
     state = trainer.init_state()
+    if hasattr(trainer.stage, "load_pretrained"):  # e.g. user-supplied frozen loss networks (not on resume)
+      state = trainer.stage.load_pretrained(cfg, state, trainer)
   start = int(jax.device_get(state["step"]))
   with open(os.path.join(workdir, "param_shardings.json"), "w") as f:
     f.write(trainer.param_shardings_json())

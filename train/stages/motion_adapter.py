@@ -14,6 +14,8 @@ from flax import nnx
 
 from r3p import losses
 from r3p.data import synthetic
+from r3p.losses import lip as lip_lib
+from r3p.losses import perceptual as perceptual_lib
 from r3p.models.decoder import OSGDecoder
 from r3p.models.motion_adapter import SegFormerSECC2PlaneBackbone, fuse_planes
 from r3p.models.planes import to_planes
@@ -52,9 +54,14 @@ class MotionAdapterModel(nnx.Module):
                     depths=tuple(m.mit_depths), sr_ratios=tuple(m.mit_sr_ratios))
     self.secc_img2plane_backbone = SegFormerSECC2PlaneBackbone(mit=mit, embedding_dim=m.head_dim, rngs=rngs)
     self.decoder = OSGDecoder(rngs=rngs)
+    lw = cfg.loss
+    if lw.lpips_raw > 0 or lw.lip_lpips > 0:
+      # Frozen VGG19 + VGGFace (FrozenWeight, not nnx.Param: never optimised). Random init here; the released
+      # weights are loaded by `load_pretrained` from `loss.vgg19_weights` / `loss.vggface_weights`.
+      self.perceptual = perceptual_lib.PerceptualNets(width_div=lw.vgg_width_div, rngs=rngs)
     # BatchNorm (SegFormerHead) in training mode: batch statistics over the *global* batch (GSPMD computes the
     # mean over the sharded batch axis), i.e. cross-replica BN like the official SyncBN.
-    for _, mod in self.iter_modules():
+    for _, mod in nnx.iter_modules(self):
       if hasattr(mod, "use_running_average"):
         mod.use_running_average = False
 
@@ -82,18 +89,33 @@ def _dilate_size(size: int) -> int:
   return k if k % 2 else k + 1
 
 
-def _raw_losses(cfg, raw, weights, img, head_mask, prefix):
+def _raw_losses(model, cfg, raw, weights, img, head_mask, lm, prefix):
+  """Raw-image (render resolution) losses of one branch: masked L1, perceptual, lip crops, opacity terms.
+
+  lm: [B,68,2] landmarks in [-1,1] image coordinates of the supervised frame (for the lip box). Without SR
+  (`tiny`) the lip crops come from the raw image (officially they come from the SR image)."""
   m, lw = cfg.model, cfg.loss
   res = m.render_resolution
   mask = _resize(losses.basic.dilate(head_mask, _dilate_size(img.shape[1])), res, "nearest")
   head_res = _resize(head_mask, res, "nearest")
+  gt = _resize(img, res)
   out = {
-      f"{prefix}_img_mae_raw": losses.masked_l1(raw, _resize(img, res), mask, unmasked_weight=lw.unmasked_weight),
+      f"{prefix}_img_mae_raw": losses.masked_l1(raw, gt, mask, unmasked_weight=lw.unmasked_weight),
       f"{prefix}_weights_l1_loss": losses.opacity_l1(weights, head_res),
       f"{prefix}_weights_entropy_loss": losses.opacity_entropy(weights),
   }
   total = (lw.mse_raw * out[f"{prefix}_img_mae_raw"] + lw.weights_l1 * out[f"{prefix}_weights_l1_loss"]
            + lw.weights_entropy * out[f"{prefix}_weights_entropy_loss"])
+  if lw.lpips_raw > 0:
+    out[f"{prefix}_img_lpips_raw"] = perceptual_lib.perceptual_loss(model.perceptual, raw, gt, size=lw.lpips_size)
+    total = total + lw.lpips_raw * out[f"{prefix}_img_lpips_raw"]
+  if lw.lip_mae > 0 or lw.lip_lpips > 0:
+    boxes = lip_lib.lip_boxes(lip_lib.landmarks_to_pixels(lm, res, res), res, res)
+    out[f"{prefix}_img_lip_mae"], pc, tc = lip_lib.lip_mae(raw, gt, boxes, lw.lip_crop_size)
+    total = total + lw.lip_mae * out[f"{prefix}_img_lip_mae"]
+    if lw.lip_lpips > 0:
+      out[f"{prefix}_img_lip_lpips"] = perceptual_lib.perceptual_loss(model.perceptual, pc, tc, size=lw.lpips_size)
+      total = total + lw.lip_lpips * out[f"{prefix}_img_lip_lpips"]
   return total, out
 
 
@@ -144,8 +166,12 @@ def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, 
              jnp.concatenate([batch["tgt_camera"], batch["ref_camera"]]), key=k_render,
              resolution=m.render_resolution, n_coarse=m.n_coarse, n_fine=m.n_fine, chunk_rays=None)
   raw, w = r["feature_image"][..., :3], r["weights_image"]
-  total, metrics = _raw_losses(cfg, raw[:b], w[:b], batch["tgt_img"], batch["tgt_head_mask"], "mv")
-  ref_total, ref_metrics = _raw_losses(cfg, raw[b:], w[b:], batch["ref_img"], batch["ref_head_mask"], "ref")
+  lm = jax.vmap(synthetic.landmarks68)
+  lm_tgt = lm(batch["ident"], batch["tgt_expr"], batch["tgt_yaw"])[..., :2]
+  lm_ref = lm(batch["ident"], batch["ref_expr"], batch["ref_yaw"])[..., :2]
+  total, metrics = _raw_losses(model, cfg, raw[:b], w[:b], batch["tgt_img"], batch["tgt_head_mask"], lm_tgt, "mv")
+  ref_total, ref_metrics = _raw_losses(model, cfg, raw[b:], w[b:], batch["ref_img"], batch["ref_head_mask"],
+                                       lm_ref, "ref")
   ref_on = (step % lw.src2src_interval == 0).astype(jnp.float32)
   total = total + ref_on * ref_total
   metrics.update({k: ref_on * v for k, v in ref_metrics.items()})
@@ -172,3 +198,23 @@ def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, 
 def init_lambdas(cfg) -> dict[str, Any]:
   return {"secc": jnp.full((), cfg.loss.lambda_init if cfg.loss.secc_target > 0 else 0.0, jnp.float32),
           "blink": jnp.full((), cfg.loss.lambda_init if cfg.loss.blink_target > 0 else 0.0, jnp.float32)}
+
+
+def load_pretrained(cfg, state: dict, trainer) -> dict:
+  """Put the user-supplied perceptual weights (numpy .npz of the torch state dicts: torchvision `vgg19`,
+  Oxford `vgg_face_dag`) into a freshly initialised state (not on resume: checkpoints carry them)."""
+  lw = cfg.loss
+  if not (lw.vgg19_weights or lw.vggface_weights) or "perceptual" not in state["rest"]:
+    return state
+  import numpy as np
+  if not (lw.vgg19_weights and lw.vggface_weights):
+    raise ValueError("loss.vgg19_weights and loss.vggface_weights must be given together")
+  from flax import nnx as _nnx
+  nets = perceptual_lib.PerceptualNets(
+      width_div=lw.vgg_width_div, rngs=_nnx.Rngs(0),
+      vgg19_sd=perceptual_lib.vgg19_state_dict(dict(np.load(lw.vgg19_weights))),
+      vggface_sd=perceptual_lib.vggface_state_dict(dict(np.load(lw.vggface_weights))))
+  new = _nnx.to_pure_dict(_nnx.state(nets))
+  sh = trainer.state_shardings["rest"]["perceptual"]
+  state["rest"]["perceptual"] = jax.tree.map(lambda x, s: jax.device_put(x, s), new, sh)
+  return state
