@@ -172,6 +172,8 @@ def main(argv=None) -> int:
   ap.add_argument("--segmenter")
   ap.add_argument("--bfm_dir")
   ap.add_argument("--max_seconds", type=float, default=MAX_SECONDS, help="longest driving clip accepted")
+  ap.add_argument("--max_frames", type=int, help="cut every result to this many frames (previews, smoke runs)")
+  ap.add_argument("--chunk", type=int, help="frames per compiled network call (default: r3p.api's)")
   args = ap.parse_args(argv)
   from r3p import api
   try:
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
   except api.user_errors() as e:
     print(f"python -m r3p.app: error: {api.error_line(e)}", file=sys.stderr)
     return 2
-  build_app(portrait, max_seconds=args.max_seconds).launch(
+  build_app(portrait, max_seconds=args.max_seconds, max_frames=args.max_frames, chunk=args.chunk).launch(
       server_name=args.server_name, server_port=args.server_port, share=args.share, max_file_size=MAX_FILE_SIZE)
   return 0
 

@@ -286,3 +286,40 @@ def test_browser_stop_button(long_server, assets):
     _wait(drv, lambda d: rec.closed_early == closed0 + 2 and not _leftovers(work), 120)
   finally:
     drv.quit()
+
+
+@pytest.mark.slow
+def test_app_cli_full_network_random_weights(assets, tmp_path):
+  """`python -m r3p.app --random_weights` with the REAL portrait network (not the stand-in), 2 frames in one chunk of
+  2: the UI path works end to end with the full network (minutes of compilation and ~10 s per frame on 2 cores)."""
+  import subprocess
+  import sys
+  import urllib.request
+
+  from tests.conftest import REPO
+  port = _free_port()
+  env = dict(os.environ, R3P_MEDIAPIPE_DIR=str(assets["mp"]), PYTHONPATH=str(REPO), TMPDIR=str(tmp_path))
+  log = open(tmp_path / "app.log", "w")  # a file, not a pipe: a full pipe would block the server
+  proc = subprocess.Popen([sys.executable, "-m", "r3p.app", "--random_weights", "--server_port", str(port),
+                           "--max_frames", "2", "--chunk", "2"], env=env, cwd=tmp_path, stdout=log,
+                          stderr=subprocess.STDOUT)
+  try:
+    url = f"http://127.0.0.1:{port}/"
+    t_end = time.time() + 900
+    while time.time() < t_end:
+      assert proc.poll() is None, (tmp_path / "app.log").read_text()[-2000:]
+      try:
+        urllib.request.urlopen(url, timeout=5)
+        break
+      except OSError:
+        time.sleep(2)
+    vid, preview, status = _predict(url, assets["src"], assets["aud"])
+    assert vid is not None and "Done: 2 frames" in status and "RANDOM" in status, status
+    info = video.probe(_video_path(vid))
+    assert info["video_frames"] == 2 and info["has_audio"] and (info["width"], info["height"]) == (512, 512), info
+    assert not list(tmp_path.glob("r3p_app_*")), list(tmp_path.glob("r3p_app_*"))  # the job folder is gone
+    print(f"full network via the app: {status}")
+  finally:
+    proc.terminate()
+    proc.wait(60)
+    log.close()

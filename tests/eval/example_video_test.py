@@ -11,8 +11,8 @@ What only the real weights would show, and is NOT claimed here: the ORDER of the
 (e.g. JPEG-10 farther than mild noise), and values comparable with published tables. PSNR / SSIM have no weights:
 their ordering (stronger blur / noise -> lower) is tested in image_metrics_test.py and below.
 
-Inception-v3 (FID), ArcFace r50 (CSIM) and the 3DMM fit (AED/APD) cost minutes to compile and run on a 2-core CPU:
-those tests are marked slow (R3P_SLOW=1); PSNR/SSIM, LPIPS and LMD run by default.
+Inception-v3 (FID) costs minutes to compile and run on a 2-core CPU: that test is marked slow (R3P_SLOW=1); the
+others run by default.
 """
 import json
 import time
@@ -110,7 +110,6 @@ def test_fid_random_weights(clips):
     assert d > 1e-3 and d > 1e3 * abs(d0), (k, d)
 
 
-@pytest.mark.slow
 def test_csim_random_weights(clips, landmarks):
   from eval import arcface, face_align
   f = arcface.embed_fn(arcface.build(None, arch="r50", seed=0))
@@ -135,7 +134,6 @@ def test_lmd(clips, landmarks):
     assert d.mean() > 1e-3 and d.max() < 30, (k, d)
 
 
-@pytest.mark.slow
 def test_aed_apd(clips, landmarks):
   """3DMM fits (synthetic face model: no BFM in the repository) of the gt and the noisy copy, in one batch as the
   CLI fits them. Identity: exactly 0. Noise: the landmarks move, so do the coefficients."""
@@ -154,7 +152,6 @@ def test_aed_apd(clips, landmarks):
   assert np.all(a1 > 0) and np.all(p1 > 0), (a1, p1)
 
 
-@pytest.mark.slow
 def test_cli_example_video_against_itself(clips, tmp_path, capsys):
   """The whole CLI on the example clip vs itself (psnr, ssim, lpips, csim, lmd): identity values in results.json.
   The source image is the clip's first decoded frame, so CSIM of frame 0 is 1 (other frames: the head moves)."""
