@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       lr_g=1e-3 if tiny else 1e-4, lr_d=2e-4, warmup=4000 // scale, decay_every=5000 // scale, decay=0.95,
       floor=5e-6, cano_hold=6000 // scale, cano_hold_lr=5e-6, decoder_start=6000 // scale,
       sr_start=30000 // scale, start_adv=200_000 // scale, stop_update_i2p=70_000 // scale,
-      b1=0.0, b2=0.99, clip=1.0, d_reg_interval=16))
+      b1=0.0, b2=0.99, clip=1.0, d_reg_interval=16, two_stage_training=True))
   c.loss = ml_collections.ConfigDict(dict(
       mse=1.0, mse_raw=1.0, unmasked_weight=0.2, weights_l1=0.1, weights_entropy=0.01, density=0.25 * 4,
       reg_interval=4, secc_target=0.0, blink_target=0.3, lambda_lr=0.01, lambda_init=1e-3, src2src_interval=16,

@@ -54,7 +54,15 @@ def lr_schedules(o) -> dict[str, Callable]:
     lr = jnp.where(s <= o.cano_hold, o.cano_hold_lr, late)   # the 5e-6 floor during the "frozen" hold [as released]
     return jnp.where(s >= o.stop_update_i2p, 0.0, lr)
 
-  return {"cano": cano, "ma": gated(0), "decoder": gated(o.decoder_start), "sr": gated(o.sr_start)}
+  def sr_only_after_adv(f):
+    # `two_stage_training`: from start_adv on only the SR trains (official requires_grad=False on cano I2P,
+    # MA and decoder); a zero lr freezes them the same way (their Adam moments no longer matter).
+    if not o.get("two_stage_training", False):
+      return f
+    return lambda step: jnp.where(jnp.asarray(step) >= o.start_adv, 0.0, f(step))
+
+  return {"cano": sr_only_after_adv(cano), "ma": sr_only_after_adv(gated(0)),
+          "decoder": sr_only_after_adv(gated(o.decoder_start)), "sr": gated(o.sr_start)}
 
 
 def make_optimizer(cfg, params) -> optax.GradientTransformation:

@@ -29,4 +29,16 @@ def test_lr_schedules_follow_official_gating():
   assert float(s["sr"](29999)) == 0.0
   assert float(s["cano"](100)) == pytest.approx(5e-6, rel=1e-6) and float(s["cano"](70_000)) == 0.0
   assert float(s["ma"](10_000)) == pytest.approx(1e-4 * 0.95 ** 2, rel=1e-6)
-  assert float(s["ma"](10_000_000)) == pytest.approx(5e-6, rel=1e-6)  # floor
+  o.two_stage_training = False  # else MA stops at start_adv, before the decay reaches the floor
+  assert float(lr_schedules(o)["ma"](10_000_000)) == pytest.approx(5e-6, rel=1e-6)  # floor
+
+
+def test_two_stage_training_trains_only_sr_after_start_adv():
+  from train.state import lr_schedules
+  o = motion_adapter.get_config("full").optim
+  s = lr_schedules(o)
+  before, after = o.start_adv - 1, o.start_adv
+  assert all(float(s[g](before)) > 0 for g in ("ma", "decoder", "sr"))  # cano already stopped at 70k
+  assert [float(s[g](after)) for g in ("cano", "ma", "decoder")] == [0.0, 0.0, 0.0] and float(s["sr"](after)) > 0
+  o.two_stage_training = False
+  assert float(lr_schedules(o)["ma"](after)) > 0
