@@ -1,4 +1,8 @@
-"""python -m train.main --config configs/motion_adapter.py:tiny --workdir DIR [--config.x=y]"""
+"""python -m train.main --config configs/motion_adapter.py:tiny --workdir DIR [--config.x=y]
+
+Any stage config (`configs/<stage>.py:<variant>`); data from `--config.data.name=synthetic` (default, embedded)
+or `--config.data.name=array_record:DIR` (built by `python -m r3p.data.build --out DIR`).
+"""
 from __future__ import annotations
 
 import json
@@ -16,13 +20,38 @@ flags.DEFINE_bool("analyze_only", False, "compile the step for the config's batc
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _install_load_pretrained(loop) -> None:
+  """A stage may define `load_pretrained(cfg, state, trainer) -> state` (HTB-SR: the frozen head from a stage-2
+  checkpoint), run after a from-scratch init and not on resume. Where train/loop.py does not call it yet, wrap
+  the loop's Trainer so that `init_state` does."""
+  import inspect
+  base = loop.Trainer
+  if getattr(base, "_r3p_load_pretrained", False) or "load_pretrained" in inspect.getsource(loop.train):
+    return
+
+  class Trainer(base):
+    _r3p_load_pretrained = True
+
+    def init_state(self):
+      state = super().init_state()
+      hook = getattr(self.stage, "load_pretrained", None)
+      return hook(self.cfg, state, self) if hook is not None else state
+  loop.Trainer = Trainer
+
+
 def main(argv):
   del argv
   import jax
   if flags.FLAGS.coordinator:
     jax.distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  from r3p.data import sources
   from train import loop
+  if loop.make_source is not sources.make_source:
+    # Data selection lives in r3p.data.sources (synthetic | array_record:DIR, torso keys for HTB-SR); until
+    # train/loop.py imports it, route the loop's lookup through it.
+    loop.make_source = sources.make_source
   cfg = flags.FLAGS.config
+  _install_load_pretrained(loop)
   if flags.FLAGS.analyze_only:
     report = loop.analyze(cfg)
     print(json.dumps(report, indent=1))

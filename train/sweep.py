@@ -29,15 +29,6 @@ from typing import Callable
 
 from absl import app, flags
 
-flags.DEFINE_string("config", None, "config file:arg (as for train.main)")
-flags.DEFINE_string("sweep", "", 'e.g. "lr=[1e-4,3e-4] ablation=[none,no_reg]"')
-flags.DEFINE_string("sweep_config", "", "configs/sweeps/<name>.py[:arg] defining get_sweep(arg)")
-flags.DEFINE_string("root", "/tmp/r3p_sweep", "root directory of the runs")
-flags.DEFINE_bool("dry_run", False, "only print (and write launch.sh with) the launch commands")
-flags.DEFINE_string("launch", "", "cluster wrapper for the printed commands; {cmd} = the command, {name} = run")
-flags.DEFINE_string("eval_csv", "", "an eval.benchmark table (column 'config' = run name) to join")
-flags.DEFINE_multi_string("set", [], "extra --config.k=v overrides for every run (k=v)")
-
 ALIASES = {"lr": "optim.lr_g", "lr_d": "optim.lr_d", "batch": "data.global_batch", "steps": "total_steps"}
 ARG_KEYS = ("variant", "ablation")  # config-file arguments (`file.py:variant,ablation=x`), not --config.k=v
 
@@ -176,6 +167,19 @@ def write_tables(rows: list[dict], root: str) -> None:
   print(open(os.path.join(root, "results.md")).read())
 
 
+def _define_flags() -> None:
+  """Flags are registered only when run as a program, so that importing this module (tests, train.main in the
+  same process) defines no flags."""
+  flags.DEFINE_string("config", None, "config file:arg (as for train.main)")
+  flags.DEFINE_string("sweep", "", 'e.g. "lr=[1e-4,3e-4] ablation=[none,no_reg]"')
+  flags.DEFINE_string("sweep_config", "", "configs/sweeps/<name>.py[:arg] defining get_sweep(arg)")
+  flags.DEFINE_string("root", "/tmp/r3p_sweep", "root directory of the runs")
+  flags.DEFINE_bool("dry_run", False, "only print (and write launch.sh with) the launch commands")
+  flags.DEFINE_string("launch", "", "cluster wrapper for the printed commands; {cmd} = the command, {name} = run")
+  flags.DEFINE_string("eval_csv", "", "an eval.benchmark table (column 'config' = run name) to join")
+  flags.DEFINE_multi_string("set", [], "extra --config.k=v overrides for every run (k=v)")
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -184,4 +188,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -52,3 +52,21 @@ def test_bad_record_is_named():
   it = iter(pipeline.make_dataset(_Bad(), global_batch=4, seed=0, name="clips"))
   with pytest.raises(Exception, match="clips: record 2"):
     next(it)
+
+
+def test_torso_items_for_htb_sr():
+  ds = SyntheticTalkingHeads(size=32, n_items=8, torso=True)
+  it = ds[1]
+  assert it["ref_com_img"].shape == (32, 32, 3) and it["ref_segmap"].shape == (32, 32, 6)
+  np.testing.assert_array_equal(it["ref_segmap"].sum(-1), 1.0)              # one-hot
+  assert 0 < it["tgt_torso_mask"].mean() < 0.5
+  kp = it["ref_kp"]
+  assert kp.shape == (68, 3) and np.all(np.abs(kp[:, :2]) <= 1) and np.all(kp[:, 2] == 0)
+  assert kp[8, 1] > kp[27, 1] and kp[0, 0] < kp[16, 0]                       # chin below the nose; jaw ends L/R
+  face = it["ref_segmap"][..., 3] > 0
+  # the head is drawn over the torso and background (soft edges aside)
+  assert np.median(np.abs(it["ref_com_img"][face] - it["ref_img"][face])) < 1e-3
+  # the head items are unchanged by torso=True
+  plain = SyntheticTalkingHeads(size=32, n_items=8)[1]
+  for k in plain:
+    np.testing.assert_array_equal(plain[k], it[k])

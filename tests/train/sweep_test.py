@@ -84,6 +84,17 @@ def test_dry_run_only_prints(tmp_path, capsys):
   assert "configs/htb_sr.py:tiny,ablation=no_lip" in out and not (tmp_path / "results.csv").exists()
 
 
+def test_cli_dry_run_prints_cluster_commands(tmp_path):
+  cmd = [sys.executable, "-m", "train.sweep", "--sweep_config", "configs/sweeps/ablations.py:motion_adapter",
+         "--root", str(tmp_path), "--dry_run", "--launch", "sbatch --job-name={name} --wrap '{cmd}'"]
+  r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert len(lines) == 5 and lines[1].startswith("sbatch --job-name=ma_no_reg --wrap")
+  assert "configs/motion_adapter.py:tiny,ablation=no_reg" in lines[1]
+  assert (tmp_path / "launch.sh").read_text().count("sbatch") == 5
+
+
 @pytest.mark.slow
 def test_real_two_run_sweep(tmp_path):
   cmd = [sys.executable, "-m", "train.sweep", "--config", "configs/motion_adapter.py:tiny", "--sweep",
