@@ -114,8 +114,18 @@ class R3pTalkingHeads(tfds.core.GeneratorBasedBuilder):
             "kp": fr["kp"][t], "audio": fr["audio"][t], "clip": clip, "frame": t}
 
 
+def config_arg(config: ClipsConfig) -> ClipsConfig | str:
+  """TFDS refuses a custom config named like a registered one: pass the registered one by name."""
+  known = {c.name: c for c in R3pTalkingHeads.BUILDER_CONFIGS}
+  if config.name in known:
+    if known[config.name] != config and dataclasses.asdict(known[config.name]) != dataclasses.asdict(config):
+      raise ValueError(f"config {config.name!r} differs from the registered one of that name")
+    return config.name
+  return config
+
+
 def build(out: str, config: ClipsConfig) -> str:
   """Write the dataset under `out` (TFDS data_dir); returns the version directory holding the array_record files."""
-  builder = R3pTalkingHeads(config=config, data_dir=out, file_format="array_record")
+  builder = R3pTalkingHeads(config=config_arg(config), data_dir=out, file_format="array_record")
   builder.download_and_prepare()
   return str(builder.data_path)

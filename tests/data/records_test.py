@@ -132,3 +132,13 @@ def test_build_cli(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "r3p.data.build", "--out", str(tmp_path / "v"), "--source",
                         "clip.mp4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "only 'synthetic'" in bad.stderr
+
+
+def test_default_config_resolves_to_the_registered_one(tmp_path):
+  default = tfds_clips.config_for("synthetic")
+  assert tfds_clips.config_arg(default) == default.name
+  b = tfds_clips.R3pTalkingHeads(config=tfds_clips.config_arg(default), data_dir=str(tmp_path),
+                                 file_format="array_record")
+  assert b.builder_config.n_frames == 32 and b.info.features["image"].shape == (64, 64, 3)
+  other = tfds_clips.config_for("synthetic", size=16)
+  assert tfds_clips.config_arg(other) is other
