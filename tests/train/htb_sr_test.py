@@ -126,8 +126,9 @@ def test_full_model_names_mirror_the_official_prefixes():
   _, params, rest = nnx.split(model, nnx.Param, ...)
   names = {".".join(map(str, k)) for k, _ in nnx.to_flat_state(params)}
   assert all(n.startswith("superresolution.") for n in names)
-  for k in ("superresolution.block0.conv0.weight", "superresolution.torso_model.appearance_extractor.in_conv.conv"
-            ".weight", "superresolution.fuse_fg_bg_convs.0.weight", "superresolution.block1.torgb.weight"):
+  for k in ("superresolution.block0.conv0.weight", "superresolution.torso_model.appearance_extractor.down.0.",
+            "superresolution.torso_model.motion_field_estimator.", "superresolution.fuse_fg_bg_convs.0.weight",
+            "superresolution.block1.torgb.weight"):
     assert any(n.startswith(k) for n in names), k
   frozen = {".".join(map(str, k)) for k, v in nnx.to_flat_state(rest) if isinstance(v, htb_sr.Frozen)}
   assert any(n.startswith("decoder.") for n in frozen) and any(n.startswith("cano_img2plane_backbone.")
