@@ -77,8 +77,10 @@ def generate_fn(portrait, max_seconds: float = MAX_SECONDS, workdir: str | None 
     try:
       prep = portrait.prepare(str(src_img), str(bg_img) if bg_img else None)
       preview = prep["images_u8"]["input"]
-      yield None, preview, "Source portrait prepared; computing the motion…"
-      status, result = "", None
+      # this call computes the canonical planes (or finds them cached); animate below reuses them
+      status = "canonical planes reused" if prep["cached"] else "canonical planes computed"
+      yield None, preview, f"Source portrait prepared ({status}); computing the motion…"
+      result = None
       extra = {"chunk": int(chunk)} if chunk else {}
       events = portrait.animate(str(src_img), str(drv_aud), out, drv_pose=str(drv_pose) if drv_pose else "static",
                                 bg_img=str(bg_img) if bg_img else None, blink_mode=blink_mode,
@@ -87,9 +89,7 @@ def generate_fn(portrait, max_seconds: float = MAX_SECONDS, workdir: str | None 
                                 map_to_init_pose=bool(map_to_init_pose), out_mode=out_mode,
                                 seed=int(seed), max_frames=max_frames, **extra)
       for ev in events:
-        if ev.stage == "motion":
-          status = ev.message
-        elif ev.stage == "render":
+        if ev.stage == "render":
           msg = f"{ev.fps:.2f} frames/s, ETA {ev.eta_s:.0f} s"
           if progress is not None:
             progress((ev.done, ev.total), desc=msg, unit="frames")
