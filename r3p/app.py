@@ -155,7 +155,9 @@ def build_app(portrait, *, max_seconds: float = MAX_SECONDS, max_frames: int | N
     ev = btn.click(run, [src_img, drv_aud, drv_pose, bg_img, blink_mode, mouth_amp, temperature, thr, map_pose,
                          out_mode, seed], [video, preview, status], api_name="generate", concurrency_limit=1)
     # Stop cancels the running job: Gradio closes the generator at its next yield (after the current chunk)
-    stop.click(lambda: "Stopped.", None, [status], cancels=[ev], api_visibility="private", queue=False)
+    # (outputs to all three: their status becomes this event's 'complete', not the cancelled one's 'error' badge)
+    stop.click(lambda: (None, None, "Stopped."), None, [video, preview, status], cancels=[ev],
+               api_visibility="private", queue=False)
   demo.queue(default_concurrency_limit=1)
   return demo
 
