@@ -5,7 +5,7 @@ All three processes run `python -m train.main` with the same micro config on a (
 distributed processes each feed their half of every global batch (`r3p.data.pipeline` shards by process).
 
 Measured (2026-11-25, 2-core machine under load ~30–50): 21 min wall for the three concurrent runs. With the
-1×8 reference also on gloo, steps 1–18 agree to ≤1e-5 relative (steps 1–9 bit-identical) and steps 19–20 differ
+1×8 reference also on gloo, steps 1–18 agree to ≤1e-5 relative (steps 1–9 to all 6 printed digits) and steps 19–20 differ
 by 1.7e-5 (gloo's 2-process all-reduce sums in a slightly different order than its 1-process one, and this
 training map amplifies rounding ~10× every ~3 steps: see mesh_equivalence_test). With the 1×8 reference on
 the in-process collectives it was 2.2e-3 at step 20. So the test asserts ≤1e-5 for the first 16 steps and
