@@ -107,8 +107,18 @@ class PerceptualNets(nnx.Module):
     self.vggface = VGGFeatures(_scale_spec(VGG16_SPEC, width_div), VGGFACE_TAPS, rngs=rngs)
     for net, sd, what in ((self.vgg19, vgg19_sd, "VGG19"), (self.vggface, vggface_sd, "VGGFace")):
       if sd is not None:  # else: the layers' own random init (traceable: the train state is built under jit)
-        load_weights(net, sd, unused=["classifier."], what=what)
+        load_weights(net, _used_part(sd, max(net.taps.values())), what=what)
     freeze(self)
+
+
+def _used_part(sd: Mapping[str, np.ndarray], last: int) -> dict[str, np.ndarray]:
+  """The `features.N.*` entries up to the last tapped layer (the classifier and deeper convs are unused)."""
+  out = {}
+  for k, v in sd.items():
+    parts = k.split(".")
+    if parts[0] == "features" and parts[1].isdigit() and int(parts[1]) <= last:
+      out[k] = v
+  return out
 
 
 def vgg19_state_dict(torchvision_sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -54,3 +54,22 @@ def test_lip_box_and_crop():
   np.testing.assert_allclose(float(mae), 1.0, rtol=1e-6)
   edge = lip.lip_boxes(jnp.zeros((1, 68, 2)).at[0, 48:60, 0].set(jnp.linspace(-5.0, 3.0, 12)), 64, 64)
   assert float(edge[0, 0]) == 0.0 and float(edge[0, 1]) > 1.0  # clipped to the image
+
+
+def test_loads_torch_layout_state_dicts():
+  from eval._nets import random_like_torch
+  from eval.lpips import _VGG
+  sd19 = random_like_torch(perceptual.VGGFeatures(perceptual._vgg_spec(perceptual.VGG19_CFG, 8),
+                                                  perceptual.VGG19_TAPS, rngs=nnx.Rngs(1)), 1)
+  sdf = random_like_torch(perceptual.VGGFeatures(perceptual._scale_spec(_VGG, 8), perceptual.VGGFACE_TAPS,
+                                                 rngs=nnx.Rngs(2)), 2)
+  sd19["classifier.0.weight"] = np.zeros((2, 2), np.float32)  # torchvision's classifier and the convs past
+  sd19["features.34.weight"] = np.zeros((2, 2, 3, 3), np.float32)  # relu5_1 are ignored
+  nets = perceptual.PerceptualNets(width_div=8, vgg19_sd=sd19, vggface_sd=sdf, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(np.asarray(nets.vgg19.features[28].weight[...]),
+                                sd19["features.28.weight"].transpose(2, 3, 1, 0))  # OIHW -> HWIO
+  np.testing.assert_array_equal(np.asarray(nets.vggface.features[0].weight[...]),
+                                sdf["features.0.weight"].transpose(2, 3, 1, 0))
+  assert len(nnx.state(nets, nnx.Param)) == 0
+  with pytest.raises(ValueError, match="VGG19"):
+    perceptual.PerceptualNets(width_div=4, vgg19_sd=sd19, vggface_sd=sdf, rngs=nnx.Rngs(0))  # wrong widths
