@@ -8,7 +8,7 @@ Planes are r3p layout `[B, 3, H, W, C]` (channels-last per plane). A world point
 then sampled like `F.grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False)`: gx indexes W
 (columns), gy indexes H (rows); a corner outside the plane contributes 0. Features are averaged over the planes.
 
-The lookup is a row gather on the planes flattened to `[B·3·H·W, C]` (4 corners × 3 planes), so no one-hot
+The lookup is a batched row gather on the planes flattened to `[B, 3·H·W, C]` (4 corners × 3 planes), so no one-hot
 or per-corner `[M, 12, C]` tensor is materialised; XLA fuses the 12 gathers and the weighted sum into one loop.
 """
 from __future__ import annotations
@@ -56,23 +56,36 @@ def corner_taps(grid: Array, height: int, width: int):
   return rows, cols, ws
 
 
+def _flat_and_index(planes: Array, points: Array, box_warp: float, dtype):
+  """Planes flattened per batch item to [B, 3·H·W, C] and the flat row index [B,M,3,4] + tap weights.
+
+  The batch stays a separate leading dim of both operand and indices (a batched gather, via vmap), so the SPMD
+  partitioner shards the lookup over a batch-sharded mesh instead of all-gathering the indices.
+  """
+  b, n_planes, h, w, c = planes.shape
+  flat = planes.astype(dtype).reshape(b, n_planes * h * w, c)
+  rows, cols, ws = corner_taps(project(points.astype(jnp.float32), box_warp), h, w)  # [B,M,3,4]
+  base = jnp.arange(n_planes, dtype=jnp.int32)[None, None, :, None] * (h * w)
+  return flat, base + rows * w + cols, ws
+
+
+def _rows(flat: Array, idx: Array) -> Array:
+  """flat [B,P,C], idx [B,M] -> [B,M,C]: one row gather per batch item."""
+  return jax.vmap(lambda a, i: a[i])(flat, idx)
+
+
 def sample_planes(planes: Array, points: Array, box_warp: float = 1.0, *, dtype=None) -> Array:
   """Per-plane bilinear features: planes [B,3,H,W,C], points [B,M,3] -> [B,3,M,C] (the decoder's `in0`).
 
   `dtype` (default: planes' dtype) is the gather/interpolation compute dtype; tap weights are computed in fp32.
   """
-  b, n_planes, h, w, c = planes.shape
   dtype = dtype or planes.dtype
-  flat = planes.astype(dtype).reshape(b * n_planes * h * w, c)
-  rows, cols, ws = corner_taps(project(points.astype(jnp.float32), box_warp), h, w)  # [B,M,3,4]
-  base = (jnp.arange(b, dtype=jnp.int32)[:, None, None, None] * n_planes
-          + jnp.arange(n_planes, dtype=jnp.int32)[None, None, :, None]) * (h * w)
-  idx = base + rows * w + cols
+  flat, idx, ws = _flat_and_index(planes, points, box_warp, dtype)
   out = []
-  for k in range(n_planes):
+  for k in range(planes.shape[1]):
     acc = None
     for t in range(4):
-      v = flat[idx[:, :, k, t]] * ws[:, :, k, t, None].astype(dtype)  # [B,M,C]
+      v = _rows(flat, idx[:, :, k, t]) * ws[:, :, k, t, None].astype(dtype)  # [B,M,C]
       acc = v if acc is None else acc + v
     out.append(acc)
   return jnp.stack(out, axis=1)
@@ -80,18 +93,14 @@ def sample_planes(planes: Array, points: Array, box_warp: float = 1.0, *, dtype=
 
 def sample_mean(planes: Array, points: Array, box_warp: float = 1.0, *, dtype=None) -> Array:
   """Mean over planes of `sample_planes`: [B,M,C], the decoder's input feature (official `.mean(1)`)."""
-  b, n_planes, h, w, c = planes.shape
+  n_planes = planes.shape[1]
   dtype = dtype or planes.dtype
-  flat = planes.astype(dtype).reshape(b * n_planes * h * w, c)
-  rows, cols, ws = corner_taps(project(points.astype(jnp.float32), box_warp), h, w)
-  base = (jnp.arange(b, dtype=jnp.int32)[:, None, None, None] * n_planes
-          + jnp.arange(n_planes, dtype=jnp.int32)[None, None, :, None]) * (h * w)
-  idx = base + rows * w + cols
+  flat, idx, ws = _flat_and_index(planes, points, box_warp, dtype)
   total = None
   for k in range(n_planes):
     acc = None
     for t in range(4):
-      v = flat[idx[:, :, k, t]] * ws[:, :, k, t, None].astype(dtype)
+      v = _rows(flat, idx[:, :, k, t]) * ws[:, :, k, t, None].astype(dtype)
       acc = v if acc is None else acc + v
     total = acc if total is None else total + acc
   return total / n_planes
