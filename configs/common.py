@@ -21,6 +21,17 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def apply_overrides(c: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+  """Set {'dotted.path': value} entries on `c` (ablations, tests); an unknown path raises KeyError."""
+  for k, v in dict(overrides).items():
+    *parents, leaf = k.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

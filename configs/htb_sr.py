@@ -70,10 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 10 if tiny else 100
   c.ckpt_every = 50 if tiny else 5000
   c.keep_period = 0 if tiny else 50_000
-  for k, v in ABLATIONS[a.ablation].items():
-    sub, key = k.split(".")
-    c[sub][key] = v
-  return c
+  return common.apply_overrides(c, ABLATIONS[a.ablation])
 
 
 def get_sweep():

@@ -70,10 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_period = 0 if tiny else 50_000
   if tiny:
     c.mesh.data = -1
-  for k, v in ABLATIONS[a.ablation].items():
-    sub, key = k.split(".")
-    c[sub][key] = v
-  return c
+  return common.apply_overrides(c, ABLATIONS[a.ablation])
 
 
 def get_sweep():

@@ -96,6 +96,9 @@ class _Threaded:
     self._q.put(np.ascontiguousarray(frame))
 
   def _drain(self):
+    """Let the worker finish the queued frames and stop (a no-op once it has stopped)."""
+    if not self._thread.is_alive():
+      return
     self._q.put(None)
     self._thread.join()
 
@@ -185,8 +188,7 @@ class Mp4Writer(_Threaded):
 
   def abort(self):
     """Stop and delete every temporary file; the output path is left untouched."""
-    if self._thread.is_alive():
-      self._drain()
+    self._drain()
     if self._gen is not None:
       try:
         self._gen.close()
@@ -233,8 +235,7 @@ class PngSequenceWriter(_Threaded):
       raise
 
   def abort(self):
-    if self._thread.is_alive():
-      self._drain()
+    self._drain()
     shutil.rmtree(self._tmp, ignore_errors=True)
 
 

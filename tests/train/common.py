@@ -1,7 +1,7 @@
 """Shared helpers for the training tests: a micro config (smallest sizes that keep every code path)."""
 from __future__ import annotations
 
-from configs import motion_adapter
+from configs import common, motion_adapter
 
 
 def micro_config(**overrides):
@@ -14,10 +14,4 @@ def micro_config(**overrides):
   cfg.model.n_fine = 6
   cfg.progress = False
   cfg.async_checkpointing = False
-  for k, v in overrides.items():
-    node = cfg
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return cfg
+  return common.apply_overrides(cfg, overrides)
