@@ -6,9 +6,15 @@ I2P, decoder and SR. Variants:
          encoder instead of the I2P (Img2PlaneModel has no size option), MiT with dims (8,16,16,16) / depth 1,
          head dim 16, rendering at 32² with 12+12 samples, no SR (the raw-image phase only), global batch 2,
          schedule times scaled ÷1000. Loss: masked L1, perceptual (VGG ÷8 widths, random weights) and lip crops
-         on raw + opacity + density + SECC/blink regularisers.
+         on raw + opacity + density + SECC/blink regularisers. Discriminator: the `tiny` DualDiscriminator size
+         (channels 8/16/32/32, 2 mapping layers) at the render resolution; with no SR, both of its slots see the
+         raw render (fake) / the GT resized to the render resolution (real). NB: with `two_stage_training`
+         (released) and no SR, the G freezes entirely from start_adv (only the D trains); adversarial smoke runs
+         use `--config.optim.start_adv=0 --config.optim.two_stage_training=False`.
   full — the released sizes (I2P, MiT-b0, OSGDecoder, 128² × 48+48 render, HTB-SR shapes), batch 1 per device,
-         released schedule (lr 1e-4, warmup 4000, ×0.95 / 5k, floor 5e-6, max 250k). Used for the compiled
+         released schedule (lr 1e-4, warmup 4000, ×0.95 / 5k, floor 5e-6, max 250k), the released D (512²,
+         channel_base 32768, max 512, 8 mapping layers; its SR slot gets the raw render upsampled while this
+         stage has no SR branch). Used for the compiled
          memory/cost analysis (`python -m train.main --config configs/motion_adapter.py:full --analyze_only`).
 Ablations: `:tiny,ablation=no_reg` (no SECC/blink/density regularisers), `no_lpips` (no perceptual terms).
 """
@@ -50,6 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       n_coarse=12 if tiny else 48,
       n_fine=12 if tiny else 48,
       use_sr=not tiny,
+      # Dual discriminator (TRAINING §2.1.4): size preset of r3p.models.discriminator.SIZES, its input
+      # resolution (0 = the render resolution, the `tiny` no-SR case), camera noise in batch stds.
+      d_size="tiny" if tiny else "full",
+      d_resolution=0 if tiny else 512,
+      disc_c_noise=1.0,
+      d_mbstd_group=2,
   ))
   scale = 1000 if tiny else 1
   c.total_steps = 200 if tiny else 250_000
@@ -57,14 +69,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       lr_g=1e-3 if tiny else 1e-4, lr_d=2e-4, warmup=4000 // scale, decay_every=5000 // scale, decay=0.95,
       floor=5e-6, cano_hold=6000 // scale, cano_hold_lr=5e-6, decoder_start=6000 // scale,
       sr_start=30000 // scale, start_adv=200_000 // scale, stop_update_i2p=70_000 // scale,
-      b1=0.0, b2=0.99, clip=1.0, d_reg_interval=16, two_stage_training=True))
+      b1=0.0, b2=0.99, clip=1.0, d_reg_interval=16, two_stage_training=True,
+      # D: Adam(lr_d·c, β**c), c = 16/17 (lazy R1 every d_reg_interval), lr max(floor, ·decay^(step//decay_every))
+      # of the global step, clip `clip`; it trains from step start_adv − d_lead (official 10k before the G adv).
+      d_lead=10_000 // scale))
   c.loss = ml_collections.ConfigDict(dict(
       mse=1.0, mse_raw=1.0, unmasked_weight=0.2, weights_l1=0.1, weights_entropy=0.01, density=0.25 * 4,
       reg_interval=4, secc_target=0.0, blink_target=0.3, lambda_lr=0.01, lambda_init=1e-3, src2src_interval=16,
       # perceptual (vgg19_v2, TRAINING §2.1.1) on the raw image and the lip crops (§2.1.3). `tiny`: VGG widths
       # ÷8, random weights, evaluated at 32² (released: full widths, 512², user-supplied converted weights).
       lpips_raw=0.1, lip_mae=0.5, lip_lpips=0.05, lpips_size=32 if tiny else 512, vgg_width_div=8 if tiny else 1,
-      lip_crop_size=16 if tiny else 64, vgg19_weights="", vggface_weights=""))
+      lip_crop_size=16 if tiny else 64, vgg19_weights="", vggface_weights="",
+      # adversarial (§2.3): non-saturating G terms from start_adv (`lambda_th1kh_mv_adv` for both branches),
+      # lazy R1 with γ = 5 every optim.d_reg_interval steps, weighted γ·interval.
+      mv_adv=0.002, ref_adv=0.002, r1_gamma=5.0))
   c.log_every = 10 if tiny else 100
   c.ckpt_every = 50 if tiny else 5000
   c.keep_period = 0 if tiny else 50_000

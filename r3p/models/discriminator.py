@@ -6,6 +6,10 @@ no params), `mapping` MappingNetwork (`embed`, `fc0..fc{n-1}`; lr multiplier 0.0
 image ⊕ the raw image resized to the same resolution, NHWC in [-1, 1]; camera c [B,25] (+ `c_noise`·std noise).
 Weights are stored raw with runtime equalised-LR gains, as StyleGAN2. The fp16 top resolutions and
 `conv_clamp` of the release are kept as the clamp only (fp32 compute).
+
+Sizes (`SIZES`, `DualDiscriminator.of_size`): `full` = the released D (channel_base 32768, channel_max 512,
+8 mapping layers); `tiny` = a CPU-sized D with the same structure (channel_base 256, channel_max 32, 2 mapping
+layers: 8/16/32/32 channels at 32/16/8/4) for the `tiny` training configs.
 """
 from __future__ import annotations
 
@@ -19,6 +23,29 @@ from r3p.nn.stylegan2 import Buffer, FullyConnectedLayer, setup_filter, upfirdn2
 
 Array = jax.Array
 LRELU_GAIN = float(np.sqrt(2.0))
+
+# Released per-dimension camera std used for the c-noise when the batch has one sample (its std is undefined)
+# [as released: the path taken in training at batch 1 per GPU]. Order = the 25-D camera (16 c2w, 9 K).
+C_STD_B1 = np.asarray([0.0664, 0.0295, 0.2720, 0.6971, 0.0279, 0.0178, 0.1280, 0.3284, 0.2721, 0.1274, 0.0679,
+                       0.1642, 0.0, 0.0, 0.0, 0.0, 0.0079, 0.0, 0.0, 0.0, 0.0079, 0.0, 0.0, 0.0, 0.0], np.float32)
+
+SIZES = {
+    "full": dict(channel_base=32768, channel_max=512, mapping_layers=8),
+    "tiny": dict(channel_base=256, channel_max=32, mapping_layers=2),
+}
+
+
+def camera_noise_std(c: Array) -> Array:
+  """Per-dimension std of the cameras over the batch (unbiased, as torch `std(0)`); the released table at B=1."""
+  if c.shape[0] == 1:
+    return jnp.asarray(C_STD_B1[: c.shape[1]], c.dtype)
+  return jnp.std(c, axis=0, ddof=1)
+
+
+def clamp_unit(x: Array) -> Array:
+  """clip to [-1, 1] with torch.clamp's gradient (1 on the closed interval, so GT pixels at exactly ±1 keep
+  their R1 gradient; `jnp.clip`'s is 0 at the bounds)."""
+  return jnp.where((x >= -1) & (x <= 1), x, jnp.clip(x, -1.0, 1.0))
 
 
 class Conv2dLayer(nnx.Module):
@@ -144,16 +171,25 @@ class DualDiscriminator(nnx.Module):
     self.b4 = DiscriminatorEpilogue(ch[4], cmap_dim, mbstd_group_size=mbstd_group_size, conv_clamp=conv_clamp,
                                     rngs=rngs)
 
+  @classmethod
+  def of_size(cls, size: str, img_resolution: int, *, rngs: nnx.Rngs, **kw) -> "DualDiscriminator":
+    """A D of a named size (`SIZES`: 'full' = released, 'tiny' = CPU tests/smoke runs)."""
+    if size not in SIZES:
+      raise ValueError(f"unknown discriminator size {size!r}; known: {sorted(SIZES)}")
+    return cls(img_resolution, **SIZES[size], **kw, rngs=rngs)
+
   def __call__(self, img: Array, raw: Array, c: Array, *, c_noise: float = 0.0, key: Array | None = None) -> Array:
+    """c_noise: camera noise in units of the per-dimension batch std (`camera_noise_std`), drawn from `key`."""
     r = self.img_resolution
     if img.shape[1:3] != (r, r):
       raise ValueError(f"image must be [B,{r},{r},3], got {img.shape}")
-    raw_up = jax.image.resize(raw, (raw.shape[0], r, r, raw.shape[-1]), "linear", antialias=True)
-    x_img = jnp.concatenate([img, raw_up], axis=-1)
+    raw_up = raw if raw.shape[1:3] == (r, r) else jax.image.resize(raw, (raw.shape[0], r, r, raw.shape[-1]),
+                                                                     "linear", antialias=True)
+    x_img = clamp_unit(jnp.concatenate([img, raw_up], axis=-1))  # the release clamps the D input to [-1, 1]
     if c_noise > 0:
       if key is None:
         raise ValueError("c_noise > 0 needs a key")
-      c = c + jax.random.normal(key, c.shape) * jnp.std(c, axis=0) * c_noise
+      c = c + jax.random.normal(key, c.shape, c.dtype) * camera_noise_std(c) * c_noise
     x = None
     for res in self.block_resolutions:
       x = getattr(self, f"b{res}")(x, x_img)

@@ -1,4 +1,7 @@
-"""kill -9 mid-run, restart: the next steps equal an uninterrupted run bit for bit (losses, params, data order)."""
+"""kill -9 mid-run, restart: the next steps equal an uninterrupted run bit for bit (losses, params, data order).
+
+The run is in the adversarial phase from step 0 (`optim.start_adv=0`, G not frozen), so the discriminator's
+params and Adam state, the D step and the lazy R1 (steps 15, 31) are part of what must resume exactly."""
 import json
 import os
 import signal
@@ -17,7 +20,8 @@ def _cmd(workdir):
   return [sys.executable, "-m", "train.main", "--config", "configs/motion_adapter.py:tiny", "--workdir", workdir,
           f"--config.total_steps={STEPS}", f"--config.ckpt_every={CKPT}", "--config.log_every=1",
           "--config.progress=False", "--config.data.size=32", "--config.model.render_resolution=16",
-          "--config.model.n_coarse=6", "--config.model.n_fine=6", "--config.async_checkpointing=False"]
+          "--config.model.n_coarse=6", "--config.model.n_fine=6", "--config.async_checkpointing=False",
+          "--config.optim.start_adv=0", "--config.optim.two_stage_training=False"]
 
 
 def _env(tmp_path):
@@ -31,7 +35,8 @@ def _env(tmp_path):
 def _final_params(workdir):
   import orbax.checkpoint as ocp
   path = os.path.join(workdir, "ckpt", str(STEPS), "state")
-  return ocp.StandardCheckpointer().restore(path)["params"]
+  state = ocp.StandardCheckpointer().restore(path)
+  return {"params": state["params"], "disc": state["disc"]}   # G params and the whole D state (params + Adam)
 
 
 @pytest.mark.slow
@@ -55,5 +60,6 @@ def test_kill9_resume_is_bit_identical(tmp_path):
   assert [want[s] for s in hb["step"]] == hb["loss"]  # bit for bit
   pa, pb = _final_params(a), _final_params(b)
   import jax
+  assert jax.tree.leaves(pa["disc"]["opt"])
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

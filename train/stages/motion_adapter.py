@@ -3,6 +3,10 @@
 Children mirror the official prefixes: `cano_img2plane_backbone`, `secc_img2plane_backbone`, `decoder`
 (and `superresolution` in `full`). In `tiny`, the canonical branch is `TinyImg2Plane` (defined here: the
 core Img2PlaneModel has no size option) and there is no SR: the raw-image (128-branch) losses only.
+
+The dual discriminator (`build_discriminator`, official top-level key `disc`) is a separate module trained by the
+trainer's D step; `g_loss(..., disc=D)` adds the non-saturating G terms and hands back this iteration's detached
+fakes and the reals for that D step (TRAINING §2.1.4, §2.3).
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ from flax import nnx
 
 from r3p import losses
 from r3p.data import synthetic
+from r3p.losses import adversarial
 from r3p.losses import lip as lip_lib
 from r3p.losses import perceptual as perceptual_lib
 from r3p.models.decoder import OSGDecoder
+from r3p.models.discriminator import DualDiscriminator
 from r3p.models.motion_adapter import SegFormerSECC2PlaneBackbone, fuse_planes
 from r3p.models.planes import to_planes
 from r3p.nn.layers import Conv2d
@@ -73,6 +79,17 @@ def build_model(cfg, rngs: nnx.Rngs) -> MotionAdapterModel:
   return MotionAdapterModel(cfg, rngs=rngs)
 
 
+def d_resolution(cfg) -> int:
+  """The D's input resolution: `model.d_resolution`, 0 = the render resolution (no SR: `tiny`)."""
+  return int(cfg.model.d_resolution) or int(cfg.model.render_resolution)
+
+
+def build_discriminator(cfg, rngs: nnx.Rngs) -> DualDiscriminator:
+  """The stage's DualDiscriminator (`disc`): size preset `model.d_size` at `d_resolution(cfg)`."""
+  m = cfg.model
+  return DualDiscriminator.of_size(m.d_size, d_resolution(cfg), mbstd_group_size=m.d_mbstd_group, rngs=rngs)
+
+
 def param_group(path: tuple) -> str:
   """Optimiser group of a param path (official G groups 0..3 = cano I2P, MA, decoder, SR)."""
   return _PREFIX_GROUP[str(path[0])]
@@ -120,8 +137,16 @@ def _raw_losses(model, cfg, raw, weights, img, head_mask, lm, prefix):
 
 
 def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, step: Array,
-           lambdas: dict[str, Array]) -> tuple[Array, tuple[dict[str, Array], dict[str, Array]]]:
-  """Total G loss (scalar), per-term metrics and the updated auto-tuned λs (TRAINING §2.3).
+           lambdas: dict[str, Array], disc: DualDiscriminator | None = None):
+  """Total G loss (scalar), per-term metrics and the updated auto-tuned λs (TRAINING §2.3):
+  `(loss, (metrics, lambdas))`, or with a discriminator `(loss, (metrics, lambdas, d_inputs))`.
+
+  With `disc`, the G adversarial terms softplus(−D(fake)) of the mv render (every step, `loss.mv_adv`) and of the
+  src2src render (on src2src steps, `loss.ref_adv`) are added from step `optim.start_adv` on (weight 0 before:
+  a `lax.cond` skips the D passes, so the loss is exactly the D-less one). `d_inputs` (r3p.losses.adversarial
+  triples, detached) = reals {ref, mv}: the GT frames at the D resolution + their antialiased resize to the
+  render resolution; fakes {mv}: this iteration's mv render (resized to the D resolution for the SR slot, since
+  this stage has no SR branch).
 
   Compile-time economy (one static program, no lax.cond): the src2src branch and the lazy regularisers are
   computed every step and weighted by their schedule flag (0/1), which gives the official gradients on the
@@ -192,7 +217,36 @@ def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, 
                                                       + jax.lax.stop_gradient(lam_blink) * blink_l))
   metrics.update({"regularize_density_l1": dens, "regularize_pertube_secc_mae": secc_l,
                   "regularize_blink_secc_mae": blink_l, "lambda_secc": lam_secc, "lambda_blink": lam_blink})
-  return total, (metrics, {"secc": lam_secc, "blink": lam_blink})
+  new_lambdas = {"secc": lam_secc, "blink": lam_blink}
+  if disc is None:
+    return total, (metrics, new_lambdas)
+
+  d_res, res = d_resolution(cfg), m.render_resolution
+  fake_mv = (_resize(raw[:b], d_res), raw[:b], batch["tgt_camera"])
+  fake_ref = (_resize(raw[b:], d_res), raw[b:], batch["ref_camera"])
+  k_mv, k_ref = jax.random.split(jax.random.fold_in(key, adversarial.G_ADV_SALT))
+  d_graph, d_state = nnx.split(disc)
+
+  def adv(ops):
+    fm, fr, st = ops
+    d = nnx.merge(d_graph, st)
+    fn = lambda i, r, c: d(i, r, c)  # noqa: E731
+    return (adversarial.g_adv_loss(fn, fm, k_mv, m.disc_c_noise),
+            adversarial.g_adv_loss(fn, fr, k_ref, m.disc_c_noise))
+
+  def no_adv(ops):
+    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+
+  adv_mv, adv_ref = jax.lax.cond(step >= cfg.optim.start_adv, adv, no_adv, (fake_mv, fake_ref, d_state))
+  adv_w = (step >= cfg.optim.start_adv).astype(jnp.float32)
+  total = total + adv_w * (lw.mv_adv * adv_mv + ref_on * lw.ref_adv * adv_ref)
+  metrics.update({"mv_adv": adv_mv, "ref_adv": ref_on * adv_ref})
+  d_inputs = {
+      "real": {"ref": (_resize(batch["ref_img"], d_res), _resize(batch["ref_img"], res), batch["ref_camera"]),
+               "mv": (_resize(batch["tgt_img"], d_res), _resize(batch["tgt_img"], res), batch["tgt_camera"])},
+      "fake": {"mv": fake_mv},
+  }
+  return total, (metrics, new_lambdas, jax.lax.stop_gradient(d_inputs))
 
 
 def init_lambdas(cfg) -> dict[str, Any]:
