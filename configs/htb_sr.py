@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.torso_feat = 16
   c.model.torso_hid = 16
   c.model.head_threshold = 0.9          # htbsr_head_threshold
+  c.model.d_resolution = 0              # the D judges the SR output: 0 = data.size (tiny: `tiny` D size at 64²)
 
   scale = 1000 if tiny else 1
   c.total_steps = 200 if tiny else 100_000
@@ -61,11 +62,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # The only optimised group is 'sr' (gated from step sr_start = 0); the stage-2 gates below only shape
       # the logged lr of the empty groups.
       sr_start=0, decoder_start=0, cano_hold=0, cano_hold_lr=0.0, start_adv=40_000 // scale,
-      stop_update_i2p=0))
+      stop_update_i2p=0,
+      # D: max(floor, lr_d·16/17·0.5^(step//50k)), β^(16/17), trains from start_adv − d_lead (official 30k).
+      d_lead=10_000 // scale))
   c.loss = ml_collections.ConfigDict(dict(
       mse=1.0, unmasked_weight=0.5, lip_mae=0.2,
       lpips=0.1, lip_lpips=0.02,             # perceptual terms: not computed by this trainer (no VGG weights)
-      mv_adv=0.003,                          # orig 0.003 (public 0.001), from start_adv: no D step yet
+      mv_adv=0.003, ref_adv=0.003,           # `lambda_th1kh_mv_adv` (orig 0.003, public 0.001), from start_adv
+      r1_gamma=5.0,                          # lazy R1 every optim.d_reg_interval, weight γ·interval = 80
       occlusion_2_entropy=0.001, src2src_interval=4))
   c.log_every = 10 if tiny else 100
   c.ckpt_every = 50 if tiny else 5000

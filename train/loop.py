@@ -28,7 +28,8 @@ def make_source(cfg):
 
 
 def train(cfg, workdir: str) -> dict[str, list]:
-  """Run `cfg.total_steps` steps. Returns {'step': [...], 'loss': [...]} of the logged (fetched) steps."""
+  """Run `cfg.total_steps` steps. Returns {'step': [...], 'loss': [...]} of the logged (fetched) steps, plus
+  'd_loss' (the discriminator's total) for a stage with a discriminator."""
   os.makedirs(workdir, exist_ok=True)
   logging.info("The config:\n%s", cfg)
   mesh = parallel.make_mesh(dict(cfg.mesh))
@@ -82,6 +83,8 @@ def train(cfg, workdir: str) -> dict[str, list]:
                                  f"{ckpt.latest_step()} (left intact)")
       history["step"].append(done)
       history["loss"].append(float(m["loss/total"]))
+      if "d/total" in m:  # the discriminator's loss (0 before it starts)
+        history.setdefault("d_loss", []).append(float(m["d/total"]))
       if log_now:
         m["steps_per_sec"] = (done - last_good) / max(time.time() - t0, 1e-9)
         t0, last_good = time.time(), done
@@ -118,8 +121,11 @@ def analyze(cfg) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state["params"]))
+  d_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state.get("disc", {}).get(
+      "params", {})))
   fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
             "generated_code_size_in_bytes")
-  return {"devices": int(mesh.size), "global_batch": b, "params": n_params, "compile_s": time.time() - t0,
+  return {"devices": int(mesh.size), "global_batch": b, "params": n_params, "d_params": d_params,
+          "compile_s": time.time() - t0,
           **{k: int(getattr(mem, k, -1)) for k in fields},
           "flops": float(cost.get("flops", -1)), "bytes_accessed": float(cost.get("bytes accessed", -1))}

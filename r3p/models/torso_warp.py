@@ -76,9 +76,10 @@ def _gaussian_3d(kp: Array, grid: Array) -> Array:
 
 
 def _grad_scale_identity(v: Array) -> Array:
-  """`v*0.1 + v.detach()*0.9`: the identity at eval, but rounded exactly like the reference (≈28 % of values
-  move by 1 ulp in float32)."""
-  return v * jnp.asarray(GRAD_SCALE, v.dtype) + v * jnp.asarray(1.0 - GRAD_SCALE, v.dtype)
+  """`v*0.1 + v.detach()*0.9`: the value is the identity up to the reference's rounding (≈28 % of float32 values
+  move by 1 ulp, reproduced), the gradient is ×0.1 (the official scaling of the deformation/occlusion grads in
+  training; TRAINING §1.4, §6.6)."""
+  return v * jnp.asarray(GRAD_SCALE, v.dtype) + jax.lax.stop_gradient(v) * jnp.asarray(1.0 - GRAD_SCALE, v.dtype)
 
 
 class AppearanceFeatureExtractor(nnx.Module):

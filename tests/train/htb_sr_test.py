@@ -45,6 +45,8 @@ def test_configs():
   assert full.optim.decay_every == 50_000 and full.optim.floor == 1e-6 and full.total_steps == 100_000
   assert full.loss.unmasked_weight == 0.5 and full.loss.lip_mae == 0.2 and full.loss.src2src_interval == 4
   assert htb_cfg.get_config("tiny,ablation=no_lip").loss.lip_mae == 0.0
+  assert htb_sr.d_resolution(full) == 512 and full.model.d_size == "full" and full.loss.r1_gamma == 5.0
+  assert full.optim.start_adv - full.optim.d_lead == 30_000 and full.loss.mv_adv == full.loss.ref_adv
   with pytest.raises(ValueError, match="unknown variant"):
     htb_cfg.get_config("huge")
   with pytest.raises(ValueError, match="unknown ablation"):
@@ -90,8 +92,11 @@ def trained():
 
 
 def test_only_the_sr_trains(trained):
-  tr, head0, head1, _ = trained
+  tr, head0, head1, hist = trained
   assert list(tr.abstract_state["params"]) == ["superresolution"]
+  # The D (own state) judges the SR output at the data resolution; before start_adv − d_lead nothing adversarial.
+  assert tr.abstract_state["disc"]["params"]["b32"]["fromrgb"]["weight"].shape[2] == 6
+  assert all(h["d/active"] == 0 and h["loss/mv_adv"] == 0 and h["d/total"] == 0 for h in hist)
   assert set(tr.abstract_state["rest"]) >= set(htb_sr.HEAD)
   for a, b in zip(jax.tree.leaves(head0), jax.tree.leaves(head1)):
     np.testing.assert_array_equal(a, b)   # frozen head weights and BN statistics unchanged
@@ -117,6 +122,31 @@ def test_train_main_cli(tmp_path):
   hist = json.load(open(tmp_path / "history.json"))
   assert hist["step"][-1] == 4 and all(np.isfinite(hist["loss"]))
   assert sorted(int(s) for s in os.listdir(tmp_path / "ckpt") if s.isdigit())[-1] == 4
+
+
+@pytest.mark.slow  # a whole HTB-SR step compile with the D
+def test_adversarial_phase_d_step_and_lazy_r1():
+  cfg = micro_config()
+  cfg.optim.start_adv = 0
+  mesh = parallel.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
+  tr = Trainer(cfg, mesh)
+  state = tr.init_state()
+  state["step"] = jax.device_put(jnp.int32(14), tr.state_shardings["step"])
+  batch = next(iter(pipeline.make_dataset(sources.make_source(cfg), global_batch=2, seed=0)))
+  step = tr.make_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()})
+  d0 = jax.device_get(state["disc"]["params"])
+  ms = []
+  for _ in range(3):   # steps 14, 15 (lazy R1), 16 (src2src)
+    state, m = step(state, parallel.shard_batch(batch, mesh))
+    ms.append({k: float(v) for k, v in jax.device_get(m).items()})
+  for m in ms:
+    assert all(np.isfinite(list(m.values()))) and m["d/active"] == 1 and m["loss/mv_adv"] > 0
+    assert m["d/maximize_gt_mv"] > 0 and m["d/minimize_fake_mv"] > 0
+  assert [m["d/r1"] > 0 for m in ms] == [False, True, False]
+  assert ms[2]["loss/ref_adv"] > 0 and ms[0]["loss/ref_adv"] == 0
+  moved = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(d0),
+                                                        jax.tree.leaves(jax.device_get(state["disc"]["params"])))]
+  assert max(moved) > 0
 
 
 @pytest.mark.slow
@@ -186,3 +216,12 @@ def test_main_runs_the_stage_load_pretrained_hook_once():
   loop2 = types.SimpleNamespace(Trainer=Base, train=train)
   main_lib._install_load_pretrained(loop2)
   assert loop2.Trainer is Base
+
+
+def test_torso_warp_deformation_occlusion_grad_scale():
+  """The released torso warp scales the deformation/occlusion gradients ×0.1 (`v*0.1 + v.detach()*0.9`)."""
+  from r3p.models.torso_warp import _grad_scale_identity
+  v = jax.random.normal(jax.random.key(0), (256,))
+  np.testing.assert_allclose(np.asarray(_grad_scale_identity(v)), np.asarray(v), rtol=3e-7, atol=0)
+  g = jax.grad(lambda x: jnp.sum(3.0 * _grad_scale_identity(x)))(v)
+  np.testing.assert_allclose(np.asarray(g), 0.3, rtol=1e-6)

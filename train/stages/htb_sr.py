@@ -17,8 +17,14 @@ Loss per branch (src2tgt every step, src2src every `src2src_interval` = 4 steps)
   mae      masked L1 of the SR image vs the com image (torso mask dilated 41 px at 512, ×1 in / ×0.5 out)   × 1.0
   lip_mae  L1 inside the lip box (lm 48–59, half-size 1.2·max(half-w, half-h), clamped to the image)       × 0.2
   occlusion_2_weights_entropy   binary entropy of the torso model's occlusion_2                            × 0.001
+  adv      softplus(−D(SR, raw head render, camera)) from optim.start_adv (src2src on its steps)      × loss.mv_adv
 Not computed here (weights in the config, 0 in effect): the perceptual terms (VGG weights are user-supplied, see
-TRAINING §2.1.1) and the adversarial term (the D step is not part of the trainer yet).
+TRAINING §2.1.1).
+
+Discriminator (`build_discriminator`, trained by the trainer's D step from start_adv − d_lead, lazy R1 every 16):
+real = the mv com image (SR slot, data resolution) ⊕ the mv head image resized to the render resolution (raw
+slot); fake = this iteration's mv SR image ⊕ its raw head render (TRAINING §2.4 `D_maximize_th1kh_mv`,
+`D_minimize_th1kh_mv_fake`, `D_th1kh_mv_gradient_penalty`).
 """
 from __future__ import annotations
 
@@ -313,9 +319,23 @@ def _branch_losses(cfg, img, target, torso_mask, kp, aux, prefix):
   return total, out
 
 
+def d_resolution(cfg) -> int:
+  """The D sees the SR output: `model.d_resolution`, 0 = the data (SR output) resolution."""
+  return int(cfg.model.d_resolution) or int(cfg.data.size)
+
+
+def build_discriminator(cfg, rngs: nnx.Rngs):
+  """The stage's DualDiscriminator (`disc`): size preset `model.d_size` at the SR resolution."""
+  from r3p.models.discriminator import DualDiscriminator
+  m = cfg.model
+  return DualDiscriminator.of_size(m.d_size, d_resolution(cfg), mbstd_group_size=m.d_mbstd_group, rngs=rngs)
+
+
 def g_loss(model: HTBSRModel, cfg, batch: dict[str, Array], key: Array, step: Array,
-           lambdas: dict[str, Array]) -> tuple[Array, tuple[dict[str, Array], dict[str, Array]]]:
-  """Total G loss of the SR (scalar), per-term metrics, λs unchanged (this stage has none).
+           lambdas: dict[str, Array], disc=None):
+  """Total G loss of the SR (scalar), per-term metrics, λs unchanged (this stage has none):
+  `(loss, (metrics, lambdas))`, with a discriminator `(loss, (metrics, lambdas, d_inputs))` (see the module
+  docstring; the adversarial terms are skipped by a `lax.cond` before optim.start_adv).
 
   The src2src branch runs every step in the same SR call as src2tgt and is weighted by its schedule flag (one
   static program, the official gradients on the official steps)."""
@@ -348,4 +368,30 @@ def g_loss(model: HTBSRModel, cfg, batch: dict[str, Array], key: Array, step: Ar
   ref_on = (step % lw.src2src_interval == 0).astype(jnp.float32)
   total = total + ref_on * ref_total
   metrics.update({k: ref_on * v for k, v in ref_metrics.items()})
-  return total, (metrics, lambdas)
+  if disc is None:
+    return total, (metrics, lambdas)
+
+  raw = feat[..., :3]
+  fake_mv = (img[:b], raw[:b], batch["tgt_camera"])
+  fake_ref = (img[b:], raw[b:], batch["ref_camera"])
+  k_mv, k_ref = jax.random.split(jax.random.fold_in(key, losses.adversarial.G_ADV_SALT))
+  d_graph, d_state = nnx.split(disc)
+
+  def adv(ops):
+    fm, fr, st = ops
+    d = nnx.merge(d_graph, st)
+    fn = lambda i, r, c: d(i, r, c)  # noqa: E731
+    return (losses.adversarial.g_adv_loss(fn, fm, k_mv, m.disc_c_noise),
+            losses.adversarial.g_adv_loss(fn, fr, k_ref, m.disc_c_noise))
+
+  def no_adv(ops):
+    return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+
+  on = step >= cfg.optim.start_adv
+  adv_mv, adv_ref = jax.lax.cond(on, adv, no_adv, (fake_mv, fake_ref, d_state))
+  total = total + on.astype(jnp.float32) * (lw.mv_adv * adv_mv + ref_on * lw.ref_adv * adv_ref)
+  metrics.update({"mv_adv": adv_mv, "ref_adv": ref_on * adv_ref})
+  res = m.render_resolution
+  head_raw = jax.image.resize(batch["tgt_img"], (b, res, res, 3), "linear", antialias=True)
+  d_inputs = {"real": {"mv": (batch["tgt_com_img"], head_raw, batch["tgt_camera"])}, "fake": {"mv": fake_mv}}
+  return total, (metrics, lambdas, jax.lax.stop_gradient(d_inputs))
