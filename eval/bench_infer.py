@@ -12,6 +12,11 @@ length. frames/s is the steady state: frames after the first chunk (which carrie
 use --max_frames); `--net standin` swaps in a per-pixel linear stand-in with the network's interface and output
 shapes, which measures everything around the network (audio, A2M, SECC rendering, writer, memory growth with clip
 length) at CPU speed.
+
+Memory: every row carries `peak_rss_mb` (ru_maxrss of the child) and `rss_curve`, one (stage, frames done, seconds,
+current RSS MB, peak RSS so far MB) per progress event (per chunk while rendering); `--curve_log FILE` appends the
+same as JSON lines while the child runs (long clips). Flat memory shows as a peak reached within the first SECC
+blocks and constant after, whatever the number of frames.
 """
 from __future__ import annotations
 
@@ -64,6 +69,22 @@ def _tiled_audio(src: str, seconds: float, out: str):
   sf.write(out, np.tile(a, reps)[:n], F.SAMPLE_RATE, subtype="PCM_16")
 
 
+def _rss_mb() -> float:
+  """Current resident set size of this process (VmRSS), MB; NaN where /proc is unavailable."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return float("nan")
+
+
+def _peak_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args) -> dict:
   from r3p import api
 
@@ -80,8 +101,16 @@ def child(args) -> dict:
     _tiled_audio(args.drv_aud, args.child_seconds, wav)
     times = []
     first = None
+    # Memory curve: (stage, frames done, seconds since start, current RSS MB, peak RSS so far MB) at every event
+    # (every chunk while rendering), to tell growth with rendered frames from one-time warm-up.
+    curve = []
     for ev in p.animate(args.src_img, wav, os.path.join(d, "out.mp4"), chunk=args.child_chunk,
                         max_frames=args.max_frames, devices=args.devices):
+      curve.append((ev.stage, ev.done, round(time.perf_counter() - t0, 2), round(_rss_mb(), 1),
+                    round(_peak_mb(), 1)))
+      if args.curve_log:  # live copy of the curve, one JSON line per event (long runs)
+        with open(args.curve_log, "a") as f:
+          f.write(json.dumps(curve[-1]) + "\n")
       if ev.stage == "motion":
         prep_s = ev.elapsed_s
       if ev.stage == "render":
@@ -94,7 +123,7 @@ def child(args) -> dict:
   return {"net": args.net, "seconds": args.child_seconds, "chunk": args.child_chunk, "frames": frames,
           "steady_fps": steady, "overall_fps": frames / total_s, "build_s": build_s, "prepare_s": prep_s,
           "first_chunk_s": first, "total_s": total_s, "dtype": args.dtype, "devices": args.devices,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "peak_rss_mb": _peak_mb(), "rss_curve": curve,
           # The machine may be shared: the 1-minute load average before and after, to judge each number.
           "load_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
@@ -113,6 +142,8 @@ def main(argv=None) -> int:
   ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   ap.add_argument("--devices", default="1", help="local devices per chunk (N or 'all')")
   ap.add_argument("--json")
+  ap.add_argument("--curve_log", help="append (stage, frames, s, RSS MB, peak RSS MB) per chunk to this file as "
+                                      "JSON lines while running (the --json rows hold the same as rss_curve)")
   ap.add_argument("--child_seconds", type=float, help=argparse.SUPPRESS)
   ap.add_argument("--child_chunk", type=int, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
@@ -129,6 +160,8 @@ def main(argv=None) -> int:
         cmd += ["--segmenter", args.segmenter]
       if args.max_frames:
         cmd += ["--max_frames", str(args.max_frames)]
+      if args.curve_log:
+        cmd += ["--curve_log", args.curve_log]
       env = dict(os.environ, R3P_MEDIAPIPE_DIR=args.landmarker_dir)
       r = subprocess.run(cmd, capture_output=True, text=True, env=env)
       res = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]

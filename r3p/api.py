@@ -368,23 +368,32 @@ def _file_digest(path) -> str:
 
 
 class _SeccStream:
-  """Driving SECC frames rendered lazily in the official 50-frame blocks, blinks applied; holds one block."""
+  """Driving SECC frames rendered lazily in the official 50-frame blocks, blinks applied per frame as it is read;
+  holds one block (the previous one is released before the next is rendered, so two never coexist)."""
 
   def __init__(self, renderer, id_coeff, exp, blinks):
     self.renderer, self.id, self.exp, self.blinks = renderer, id_coeff, exp, blinks
     self._start, self._block = -1, None
+    self._last = (-1, None)  # the last blink-edited frame (a padded last chunk reads its last frame repeatedly)
 
   def get(self, i: int) -> np.ndarray:
     start = (i // SECC_BLOCK) * SECC_BLOCK
     if start != self._start:
+      # The clip's last (shorter) block is rendered at its own size, as the official driver does: padding it to
+      # 50 frames would save one compilation of the renderer but moves its float rounding (frames differ by one
+      # uint8 level at a few pixels), and the frames must stay identical.
+      self._block = None  # release the previous block before rendering the next one
+      self._block = self.renderer.render(self.id, self.exp[start:start + SECC_BLOCK], chunk=SECC_BLOCK,
+                                         masks=False)[0]
+      self._start = start
+    if i not in self.blinks:
+      return self._block[i - start]
+    if self._last[0] != i:
       from r3p.face import secc
 
-      exp = self.exp[start:start + SECC_BLOCK]
-      block, _ = self.renderer.render(self.id, exp, chunk=SECC_BLOCK)
-      sched = {j - start: p for j, p in self.blinks.items() if start <= j < start + len(exp)}
-      self._block = secc.apply_blinks(block, sched) if sched else block
-      self._start = start
-    return self._block[i - start]
+      # Same edit as `secc.apply_blinks` on the block, one frame at a time (no copy of the whole block).
+      self._last = (i, secc.blink_eye_for_secc(self._block[i - start], float(np.clip(self.blinks[i], 0.0, 1.0))))
+    return self._last[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -44,20 +44,24 @@ class SeccRenderer:
     col = col * mask[..., None]
     return (col - 0.5) / 0.5, mask[..., None].astype(jnp.float32)
 
-  def render(self, id_coeff, exp_coeff, chunk: int = 50):
+  def render(self, id_coeff, exp_coeff, chunk: int = 50, *, masks: bool = True):
     """id [B,80] (or [1,80], broadcast), exp [B,64] -> (secc [B,S,S,3] in [−1,1], mask [B,S,S,1]) as numpy,
-    rendered `chunk` frames at a time (the official driver uses chunks of 50)."""
+    rendered `chunk` frames at a time (the official driver uses chunks of 50). masks=False returns (secc, None)
+    without bringing the masks to the host."""
     exp_coeff = np.asarray(exp_coeff, np.float32).reshape(-1, bfm.EXP_DIM)
     id_coeff = np.broadcast_to(np.asarray(id_coeff, np.float32).reshape(-1, bfm.ID_DIM),
                                (exp_coeff.shape[0], bfm.ID_DIM))
-    outs, masks = [], []
+    outs, mks = [], []
     for i in range(0, exp_coeff.shape[0], chunk):
       n = min(chunk, exp_coeff.shape[0] - i)
       quirk = (np.arange(n) == 0) & self.mask_face0_quirk  # packed id 0 exists in the chunk's first mesh only
       s, m = self._render(jnp.asarray(id_coeff[i:i + chunk]), jnp.asarray(exp_coeff[i:i + chunk]), jnp.asarray(quirk))
       outs.append(np.asarray(s))
-      masks.append(np.asarray(m))
-    return np.concatenate(outs), np.concatenate(masks)
+      mks.append(np.asarray(m) if masks else None)
+      del s, m
+    # One chunk (the streaming driver's case): no concatenation, i.e. no second copy of the block.
+    cat = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs)  # noqa: E731
+    return cat(outs), (cat(mks) if masks else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
