@@ -8,6 +8,8 @@ on full frames (com images) with the stage-2 head frozen. Variants:
   full — the released sizes: stage-2 head (I2P, MiT-b0, OSGDecoder, 128² × 48+48), the released
          `SuperresolutionHybrid8XDC_Warp` (128 → 256 → 512 with the warp torso model), 512² frames, batch 1 per
          device (global 8), lr 1e-5 with 4000-step warmup, ×0.5 every 50k, floor 1e-6, 100k steps.
+Discriminator: the `tiny` / released (`full`) DualDiscriminator size at the SR output resolution (64² / 512²),
+trained from start_adv − d_lead (tiny 30, full 30k), G adversarial from start_adv (tiny 40, full 40k).
 Data: `--config.data.name=array_record:DIR` trains on a dataset built by `python -m r3p.data.build --out DIR`.
 Head weights: `--config.init_from=WORKDIR` names a motion-adapter run whose last checkpoint gives the head
 (see train/stages/htb_sr.py `load_head`); empty = random head (the tiny smoke run).
