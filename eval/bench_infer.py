@@ -85,6 +85,11 @@ def _peak_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
 def child(args) -> dict:
   from r3p import api
 
@@ -114,14 +119,17 @@ def child(args) -> dict:
       if ev.stage == "motion":
         prep_s = ev.elapsed_s
       if ev.stage == "render":
-        times.append((ev.done, time.perf_counter()))
+        times.append((ev.done, time.perf_counter(), _cpu_s()))
         if first is None:
           first = ev.elapsed_s
       if ev.stage == "done":
         total_s, frames = ev.elapsed_s, ev.done
   steady = (times[-1][0] - times[0][0]) / (times[-1][1] - times[0][1]) if len(times) > 1 else float("nan")
+  # CPU seconds of this process per frame after the first chunk: unlike frames/s, barely moved by other processes
+  # sharing the machine (the ffmpeg encoder is a separate process, not counted).
+  cpu = (times[-1][2] - times[0][2]) / (times[-1][0] - times[0][0]) if len(times) > 1 else float("nan")
   return {"net": args.net, "seconds": args.child_seconds, "chunk": args.child_chunk, "frames": frames,
-          "steady_fps": steady, "overall_fps": frames / total_s, "build_s": build_s, "prepare_s": prep_s,
+          "steady_fps": steady, "steady_cpu_s_per_frame": cpu, "overall_fps": frames / total_s, "build_s": build_s, "prepare_s": prep_s,
           "first_chunk_s": first, "total_s": total_s, "dtype": args.dtype, "devices": args.devices,
           "peak_rss_mb": _peak_mb(), "rss_curve": curve,
           # The machine may be shared: the 1-minute load average before and after, to judge each number.
@@ -171,7 +179,8 @@ def main(argv=None) -> int:
       row = json.loads(res[0][7:])
       rows.append(row)
       print(f"{row['net']:8s} {secs:6.0f} s chunk {chunk:2d}: {row['frames']:6d} frames, steady "
-            f"{row['steady_fps']:.2f} frames/s (overall {row['overall_fps']:.2f}), peak RSS "
+            f"{row['steady_fps']:.2f} frames/s (overall {row['overall_fps']:.2f}, {row['steady_cpu_s_per_frame']:.3f} "
+            f"CPU-s/frame), peak RSS "
             f"{row['peak_rss_mb']:.0f} MB, prepare {row['prepare_s']:.1f} s, first chunk {row['first_chunk_s']:.1f} s, "
             f"load {row['load_1min']}", flush=True)
   if args.json:
