@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from r3p.nn.numerics import tree_mean, tree_sum
 
 Array = jax.Array
 
@@ -134,8 +135,8 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     xf = x.astype(jnp.float32)
-    mean = xf.mean(-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    mean = tree_mean(xf, -1, keepdims=True)  # batch-invariant order (r3p.nn.numerics)
+    var = tree_mean(jnp.square(xf - mean), -1, keepdims=True)
     y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
     if self.weight is not None:
       y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
@@ -168,9 +169,13 @@ class BatchNorm(nnx.Module):
       mean, var = self.running_mean[...], self.running_var[...]
     else:
       axes = tuple(range(x.ndim - 1))
-      mean = xf.mean(axes)
-      var = jnp.square(xf - mean).mean(axes)
+      # Per-item fixed-order sums over the non-batch axes, then a plain sum over the (possibly sharded) batch
+      # axis, which GSPMD turns into one all-reduce (a tree over the batch axis would move data across devices).
+      def _mean(v):
+        return jnp.sum(tree_sum(v, axes[1:]), axis=0) / np.float32(n)
       n = np.prod([x.shape[a] for a in axes])
+      mean = _mean(xf)
+      var = _mean(jnp.square(xf - mean))
       unbiased = var * n / max(n - 1, 1)  # torch updates running_var with the unbiased estimate
       self.running_mean[...] = (1 - self.momentum) * self.running_mean[...] + self.momentum * mean
       self.running_var[...] = (1 - self.momentum) * self.running_var[...] + self.momentum * unbiased
@@ -194,8 +199,8 @@ class GroupNorm(nnx.Module):
     shp = x.shape
     xg = x.astype(jnp.float32).reshape(shp[0], -1, self.num_groups, shp[-1] // self.num_groups)
     axes = (1, 3)
-    mean = xg.mean(axes, keepdims=True)
-    var = jnp.square(xg - mean).mean(axes, keepdims=True)
+    mean = tree_mean(xg, axes, keepdims=True)
+    var = tree_mean(jnp.square(xg - mean), axes, keepdims=True)
     y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shp)
     if self.weight is not None:
       y = y * self.weight[...] + self.bias[...]

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r3p.nn.layers import BatchNorm, Conv2d, LeakyReLU, ReLU  # noqa: F401 (re-exported: Sequential slots)
+from r3p.nn.numerics import tree_mean
 
 Array = jax.Array
 
@@ -26,7 +27,7 @@ class GlobalAvgPool(nnx.Module):
   """torch.nn.AdaptiveAvgPool2d(1) on NHWC (keeps 1x1 spatial dims). Mean accumulated in fp32."""
 
   def __call__(self, x: Array) -> Array:
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
+    return tree_mean(x.astype(jnp.float32), (1, 2), keepdims=True).astype(x.dtype)
 
 
 def max_pool_3x3_s2(x: Array) -> Array:

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from r3p.nn.layers import default_precision, param
+from r3p.nn.numerics import tree_sum
 
 Array = jax.Array
 
@@ -186,7 +187,7 @@ def modulated_conv2d(x: Array, weight: Array, styles: Array, *, demodulate: bool
   w = weight[None] * styles[:, None, None, :, None]  # [B, kh, kw, I, O]
   dcoefs = None
   if demodulate:
-    dcoefs = jax.lax.rsqrt(jnp.sum(jnp.square(w), axis=(1, 2, 3)) + 1e-8)  # [B, O]
+    dcoefs = jax.lax.rsqrt(tree_sum(jnp.square(w), (1, 2, 3)) + 1e-8)  # [B, O]
 
   if fused_modconv:
     if demodulate:

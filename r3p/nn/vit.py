@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r3p.nn.layers import Conv2d, LayerNorm, Linear, default_precision, interpolate_bilinear
+from r3p.nn import numerics
 
 Array = jax.Array
 
@@ -39,7 +40,7 @@ def _softmax_attention(q: Array, k: Array, v: Array, scale: float, precision) ->
   """q [B, h, n, d], k/v [B, h, m, d] -> [B, h, n, d]; logits·scale and softmax in fp32, in torch's order
   ((q @ kᵀ) * scale, softmax over keys, then @ v)."""
   logits = jnp.einsum("bhnd,bhmd->bhnm", q, k, precision=precision, preferred_element_type=jnp.float32)
-  p = jax.nn.softmax(logits * jnp.float32(scale), axis=-1)
+  p = numerics.softmax(logits * jnp.float32(scale), axis=-1)
   out = jnp.einsum("bhnm,bhmd->bhnd", p.astype(v.dtype), v, precision=precision,
                    preferred_element_type=jnp.float32)
   return out.astype(v.dtype)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from r3p.nn.numerics import tree_sum
+
 Array = jax.Array
 
 
@@ -41,15 +43,21 @@ def ray_sampler(cam2world: Array, intrinsics: Array, resolution: int) -> tuple[A
   x_cam, y_cam = pixel_grid(resolution)
   x_cam, y_cam = x_cam[None], y_cam[None]
   z_cam = jnp.ones_like(x_cam)
-  x_lift = (x_cam - cx + cy * sk / fy - sk * y_cam / fy) / fx * z_cam
-  y_lift = (y_cam - cy) / fy * z_cam
+  # Divisions by the per-item focal lengths as products with their reciprocals: XLA's SPMD pipeline rewrites
+  # `a / fy` into `a * (1 / fy)` once fy is a per-device scalar (one item per device), so writing the product
+  # ourselves gives every batch size and sharding the same rays (float32 rounding vs the official division).
+  rfx, rfy = 1.0 / fx, 1.0 / fy
+  x_lift = (x_cam - cx + cy * sk * rfy - sk * y_cam * rfy) * rfx * z_cam
+  y_lift = (y_cam - cy) * rfy * z_cam
   x_lift, y_lift = jnp.broadcast_arrays(x_lift, y_lift)
   z_cam = jnp.broadcast_to(z_cam, x_lift.shape)
   cam_rel = jnp.stack([x_lift, y_lift, z_cam, jnp.ones_like(z_cam)], axis=-1)  # [B,M,4]
-  world = jnp.einsum("bij,bmj->bmi", cam2world, cam_rel, precision=jax.lax.Precision.HIGHEST)[..., :3]
+  # The 4×4 product and the norm as fixed-order elementwise sums (r3p.nn.numerics): a batched einsum/sum rounds
+  # differently for B=1 and B=8 on XLA:CPU, and every item must get the same rays at any batch size.
+  world = tree_sum(cam2world[:, None, :3, :] * cam_rel[:, :, None, :], -1)  # [B,M,3]
   origin = cam2world[:, None, :3, 3]
   dirs = world - origin
-  norm = jnp.sqrt(jnp.sum(dirs * dirs, axis=-1, keepdims=True))
+  norm = jnp.sqrt(tree_sum(dirs * dirs, -1, keepdims=True))
   dirs = dirs / jnp.maximum(norm, 1e-12)
   return jnp.broadcast_to(origin, dirs.shape), dirs
 

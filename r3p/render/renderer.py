@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from r3p.nn.numerics import tree_sum
 from r3p.render import bounds
 from r3p.render import cameras
 from r3p.render import raymarch
@@ -88,7 +89,7 @@ def render(planes: Array, decoder, camera: Array, *, key: Array | None = None, c
   return {
       "feature_image": rgb.reshape(shape + (rgb.shape[-1],)),
       "depth_image": depth.reshape(shape + (1,)),
-      "weights_image": jnp.sum(w, axis=-1).reshape(shape + (1,)),
+      "weights_image": tree_sum(w, -1).reshape(shape + (1,)),  # fixed order: same bits at any batch size
   }
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from r3p.nn.numerics import tree_sum
 from r3p.render import triplane
 
 Array = jax.Array
@@ -103,7 +104,9 @@ def composite(colors: Array, densities: Array, depths: Array) -> tuple[Array, Ar
   weights = alpha * trans
   # Σ_s w·c_mid as a batched mat-vec (XLA CPU reduces a middle axis slowly); fp32 at HIGHEST.
   rgb = jnp.einsum("...s,...sc->...c", weights, colors_mid, precision=jax.lax.Precision.HIGHEST)
-  depth = expected_depth(jnp.sum(weights * depths_mid, axis=-1), jnp.sum(weights, axis=-1))
+  # Fixed-order sums (r3p.nn.numerics): a plain reduce over the samples rounds differently per batch size on
+  # XLA:CPU, which made the 8-device sharded depth differ from the 1-device one.
+  depth = expected_depth(tree_sum(weights * depths_mid, -1), tree_sum(weights, -1))
   return rgb * 2 - 1, depth, weights
 
 
