@@ -4,12 +4,10 @@ train the same steps as 1 process × 8 devices.
 All three processes run `python -m train.main` with the same micro config on a (data=4, fsdp=2) mesh; the two
 distributed processes each feed their half of every global batch (`r3p.data.pipeline` shards by process).
 
-Measured (2026-11-25, 2-core machine under load ~30–50): 21 min wall for the three concurrent runs. With the
-1×8 reference also on gloo, steps 1–18 agree to ≤1e-5 relative (steps 1–9 to all 6 printed digits) and steps 19–20 differ
-by 1.7e-5 (gloo's 2-process all-reduce sums in a slightly different order than its 1-process one, and this
-training map amplifies rounding ~10× every ~3 steps: see mesh_equivalence_test). With the 1×8 reference on
-the in-process collectives it was 2.2e-3 at step 20. So the test asserts ≤1e-5 for the first 16 steps and
-≤1e-4 for all 20: the issue's 20-step ≤1e-5 criterion is NOT met (by 1.7e-5 at step 19).
+Runs at the released G learning rate (--config.optim.lr_g=1e-4): at the `tiny` 1e-3 the training map is chaotic
+(a 1e-7 parameter perturbation grows to 2.4e-3 in 20 steps, see mesh_equivalence_test), so any change of the
+all-reduce order (gloo's 2-process sum vs its 1-process one) showed up as 1.7e-5 at step 19 (measured earlier).
+Measured (2026-11-25, load ~8, 11.5 min for the whole test): all 20 steps agree to ≤1e-5 relative, max 1.4e-7.
 """
 import json
 import os
@@ -32,7 +30,7 @@ def _cmd(workdir, *extra):
           "--config.progress=False", "--config.data.size=32", "--config.data.global_batch=8",
           "--config.data.n_items=64", "--config.model.render_resolution=16", "--config.model.n_coarse=6",
           "--config.model.n_fine=6", "--config.async_checkpointing=False", "--config.mesh.data=4",
-          "--config.mesh.fsdp=2", *extra]
+          "--config.mesh.fsdp=2", "--config.optim.lr_g=1e-4", *extra]
 
 
 def _env(n_devices):
@@ -80,5 +78,4 @@ def test_2_processes_x_4_devices_equal_1_process_x_8(tmp_path):
   assert h1["step"] == h2["step"] == list(range(1, STEPS + 1))
   a, b = np.array(h1["loss"]), np.array(h2["loss"])
   print("max rel diff per step:", np.abs(a - b) / np.abs(a))
-  np.testing.assert_allclose(b[:16], a[:16], rtol=1e-5)
-  np.testing.assert_allclose(b, a, rtol=1e-4)
+  np.testing.assert_allclose(b, a, rtol=1e-5)
