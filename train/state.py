@@ -123,6 +123,15 @@ def _opt_shardings(abs_opt, param_shardings, default):
   return jax.tree_util.tree_map_with_path(one, abs_opt)
 
 
+def _merge_pure(graphdef, abs_params, abs_rest, params, rest):
+  """A module from pure dicts: copies of the abstract states (never mutate the shared ones) filled, then merged."""
+  ps = jax.tree.map(lambda x: x, abs_params)
+  nnx.replace_by_pure_dict(ps, params)
+  rs = jax.tree.map(lambda x: x, abs_rest)
+  nnx.replace_by_pure_dict(rs, rest)
+  return nnx.merge(graphdef, ps, rs)
+
+
 class Trainer:
   """Holds the static parts (graphdef, optimiser, shardings) and the jitted step."""
 
@@ -186,11 +195,7 @@ class Trainer:
     return parallel.param_shardings_json(tree)
 
   def disc_from(self, params, rest):
-    ps = jax.tree.map(lambda x: x, self._abs_d_params)
-    nnx.replace_by_pure_dict(ps, params)
-    rs = jax.tree.map(lambda x: x, self._abs_d_rest)
-    nnx.replace_by_pure_dict(rs, rest)
-    return nnx.merge(self.d_graphdef, ps, rs)
+    return _merge_pure(self.d_graphdef, self._abs_d_params, self._abs_d_rest, params, rest)
 
   def d_update(self, disc_state: dict, d_inputs: dict, key, step):
     """One D step (pure): softplus(−D(real)) + softplus(D(fake)) over `d_inputs` (r3p.losses.adversarial), plus
@@ -246,11 +251,7 @@ class Trainer:
     return new, metrics
 
   def model_from(self, params, rest):
-    ps = jax.tree.map(lambda x: x, self._abs_params)
-    nnx.replace_by_pure_dict(ps, params)
-    rs = jax.tree.map(lambda x: x, self._abs_rest)
-    nnx.replace_by_pure_dict(rs, rest)
-    return nnx.merge(self.graphdef, ps, rs)
+    return _merge_pure(self.graphdef, self._abs_params, self._abs_rest, params, rest)
 
   # ---------------------------------------------------------------- the step
   def make_step(self, batch_spec: dict[str, jax.ShapeDtypeStruct]):
