@@ -19,41 +19,37 @@ flags.DEFINE_integer("perturb_seed", 7, "seed of the perturbation draw")
 flags.mark_flags_as_required(["config"])
 
 
-def run_steps(trainer, cfg, mesh, n: int, state=None):
-  """Total loss of `n` steps from `state` (default: a fresh init) on the config's data stream -> np.ndarray.
-  The step is compiled on the first batch, or reused from `trainer.step_fn` when an earlier call built it."""
+def loss_curves(cfg, steps: int, rel: float, perturb_seed: int = 7):
+  """(unperturbed, perturbed) total-loss lists of `steps` steps on one device."""
   import jax
   import numpy as np
   from r3p import parallel
   from r3p.data import pipeline, sources
-
-  state = trainer.init_state() if state is None else state
-  it = iter(pipeline.make_dataset(sources.make_source(cfg), global_batch=cfg.data.global_batch, seed=cfg.seed))
-  out = []
-  for _ in range(n):
-    b = next(it)
-    step_fn = trainer.step_fn or trainer.make_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()})
-    state, m = step_fn(state, parallel.shard_batch(b, mesh))
-    out.append(float(jax.device_get(m["loss/total"])))
-  return np.array(out)
-
-
-def loss_curves(cfg, steps: int, rel: float, perturb_seed: int = 7):
-  """(unperturbed, perturbed) total-loss lists of `steps` steps on one device."""
-  import jax
-  from r3p import parallel
   from train.state import Trainer
 
   mesh = parallel.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
   tr = Trainer(cfg, mesh)
-  clean = run_steps(tr, cfg, mesh, steps)
-  # A second init (the step donates its input state, so the first one's buffers are gone).
-  state = tr.init_state()
-  leaves, tdef = jax.tree.flatten(state["params"])
-  keys = jax.random.split(jax.random.key(perturb_seed), len(leaves))
-  state["params"] = jax.tree.unflatten(
-      tdef, [x * (1 + rel * jax.random.normal(k, x.shape, x.dtype)) for x, k in zip(leaves, keys)])
-  return clean, run_steps(tr, cfg, mesh, steps, state)
+  step_fn = None
+
+  def run(perturb: bool):
+    nonlocal step_fn
+    state = tr.init_state()
+    if perturb:
+      leaves, tdef = jax.tree.flatten(state["params"])
+      keys = jax.random.split(jax.random.key(perturb_seed), len(leaves))
+      state["params"] = jax.tree.unflatten(
+          tdef, [x * (1 + rel * jax.random.normal(k, x.shape, x.dtype)) for x, k in zip(leaves, keys)])
+    it = iter(pipeline.make_dataset(sources.make_source(cfg), global_batch=cfg.data.global_batch, seed=cfg.seed))
+    out = []
+    for _ in range(steps):
+      b = next(it)
+      if step_fn is None:
+        step_fn = tr.make_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()})
+      state, m = step_fn(state, parallel.shard_batch(b, mesh))
+      out.append(float(jax.device_get(m["loss/total"])))
+    return np.array(out)
+
+  return run(False), run(True)
 
 
 def main(argv):
