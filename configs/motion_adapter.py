@@ -10,11 +10,16 @@ I2P, decoder and SR. Variants:
          (channels 8/16/32/32, 2 mapping layers) at the render resolution; with no SR, both of its slots see the
          raw render (fake) / the GT resized to the render resolution (real). NB: with `two_stage_training`
          (released) and no SR, the G freezes entirely from start_adv (only the D trains); adversarial smoke runs
-         use `--config.optim.start_adv=0 --config.optim.two_stage_training=False`.
-  full — the released sizes (I2P, MiT-b0, OSGDecoder, 128² × 48+48 render, HTB-SR shapes), batch 1 per device,
-         released schedule (lr 1e-4, warmup 4000, ×0.95 / 5k, floor 5e-6, max 250k), the released D (512²,
-         channel_base 32768, max 512, 8 mapping layers; its SR slot gets the raw render upsampled while this
-         stage has no SR branch). Used for the compiled
+         use `--config.optim.start_adv=0 --config.optim.two_stage_training=False`, or `tiny_sr`.
+  tiny_sr — `tiny` with the SR branch (`model.use_sr`): render 16² (12+12 samples), a small head-only SR
+         (`r3p.models.superres.SuperresolutionHybrid8XDC`, 16 → 32 → 64, channels 16/8, w_dim 16, ones ws) to
+         the 64² data; SR masked L1 / perceptual (at 64²) / lip crops from the SR image, raw masked L1 /
+         perceptual at 16², the D (tiny size) at 64² on SR ⊕ raw. The released two-stage phase applies: from
+         start_adv (200) only the SR trains, and the mv SR L1/perceptual terms are 0.
+  full — the released sizes (I2P, MiT-b0, OSGDecoder, 128² × 48+48 render, the head-only SR 128 → 256 → 512
+         with channels 256/128, w_dim 512, `superresolution.block{0,1}.*` as the released keys), batch 1 per
+         device, released schedule (lr 1e-4, warmup 4000, ×0.95 / 5k, floor 5e-6, SR from 30k, max 250k), the
+         released D (512², channel_base 32768, max 512, 8 mapping layers) on SR ⊕ raw. Used for the compiled
          memory/cost analysis (`python -m train.main --config configs/motion_adapter.py:full --analyze_only`).
 Ablations: `:tiny,ablation=no_reg` (no SECC/blink/density regularisers), `no_lpips` (no perceptual terms).
 """
@@ -27,7 +32,7 @@ from configs import common
 ABLATIONS = {
     "none": {},
     "no_reg": {"loss.density": 0.0, "loss.secc_target": 0.0, "loss.blink_target": 0.0},
-    "no_lpips": {"loss.lpips_raw": 0.0, "loss.lip_lpips": 0.0},
+    "no_lpips": {"loss.lpips_raw": 0.0, "loss.lpips": 0.0, "loss.lip_lpips": 0.0},
 }
 
 
@@ -37,9 +42,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stage = "motion_adapter"
   c.variant = a.variant
   c.ablation = a.ablation
-  tiny = a.variant == "tiny"
-  if a.variant not in ("tiny", "full"):
-    raise ValueError(f"unknown variant {a.variant!r} (tiny | full)")
+  if a.variant not in ("tiny", "tiny_sr", "full"):
+    raise ValueError(f"unknown variant {a.variant!r} (tiny | tiny_sr | full)")
+  tiny = a.variant in ("tiny", "tiny_sr")
+  sr = a.variant != "tiny"
 
   c.data = ml_collections.ConfigDict(dict(
       name="synthetic", size=64 if tiny else 512, n_clips=16, n_items=4096, global_batch=2 if tiny else 8))
@@ -52,12 +58,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mit_depths=(1, 1, 1, 1) if tiny else (2, 2, 2, 2),
       mit_sr_ratios=(8, 4, 2, 1),
       head_dim=16 if tiny else 256,
-      render_resolution=32 if tiny else 128,
+      render_resolution=(16 if sr else 32) if tiny else 128,
       n_coarse=12 if tiny else 48,
       n_fine=12 if tiny else 48,
-      use_sr=not tiny,
+      # Head-only SR (`superresolution`, render r -> 4r; the data must be 4r): block widths and w_dim.
+      use_sr=sr,
+      sr_block_channels=(16, 8) if tiny else (256, 128),
+      sr_block_w_dim=16 if tiny else 512,
       # Dual discriminator (TRAINING §2.1.4): size preset of r3p.models.discriminator.SIZES, its input
-      # resolution (0 = the render resolution, the `tiny` no-SR case), camera noise in batch stds.
+      # resolution (0 = the G's output resolution: SR 4r with use_sr, else the render resolution), camera noise
+      # in batch stds.
       d_size="tiny" if tiny else "full",
       d_resolution=0 if tiny else 512,
       disc_c_noise=1.0,
@@ -76,9 +86,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(
       mse=1.0, mse_raw=1.0, unmasked_weight=0.2, weights_l1=0.1, weights_entropy=0.01, density=0.25 * 4,
       reg_interval=4, secc_target=0.0, blink_target=0.3, lambda_lr=0.01, lambda_init=1e-3, src2src_interval=16,
-      # perceptual (vgg19_v2, TRAINING §2.1.1) on the raw image and the lip crops (§2.1.3). `tiny`: VGG widths
-      # ÷8, random weights, evaluated at 32² (released: full widths, 512², user-supplied converted weights).
-      lpips_raw=0.1, lip_mae=0.5, lip_lpips=0.05, lpips_size=32 if tiny else 512, vgg_width_div=8 if tiny else 1,
+      # perceptual (vgg19_v2, TRAINING §2.1.1) on the raw image, the SR image (`lpips`, with use_sr) and the lip
+      # crops (§2.1.3; from the SR image with use_sr, else from the raw image). `tiny`: VGG widths ÷8, random
+      # weights, evaluated at 32² (`tiny_sr`: 64², its SR size; released: full widths, 512², user-supplied
+      # converted weights). `mse` weighs the SR masked L1, `mse_raw` the raw one.
+      lpips=0.1, lpips_raw=0.1, lip_mae=0.5, lip_lpips=0.05,
+      lpips_size=(64 if sr else 32) if tiny else 512, vgg_width_div=8 if tiny else 1,
       lip_crop_size=16 if tiny else 64, vgg19_weights="", vggface_weights="",
       # adversarial (§2.3): non-saturating G terms from start_adv (`lambda_th1kh_mv_adv` for both branches),
       # lazy R1 with γ = 5 every optim.d_reg_interval steps, weighted γ·interval.

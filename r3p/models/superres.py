@@ -33,7 +33,7 @@ from flax import nnx
 
 from r3p.nn.layers import Conv2d, default_precision
 from r3p.nn.resize import resize_bilinear
-from r3p.nn.stylegan2 import SynthesisBlock, SynthesisBlockNoUp
+from r3p.nn.stylegan2 import Buffer, SynthesisBlock, SynthesisBlockNoUp, setup_filter
 
 Array = jax.Array
 
@@ -236,6 +236,43 @@ class SuperresolutionHybrid8XDC_Warp(nnx.Module):  # noqa: N801 (official class 
                   aux["occlusion_2"], cache, ws, head_threshold=head_threshold)
     image = jnp.clip(r["rgb"], -1.0, 1.0)
     return image, dict(aux)
+
+
+class SuperresolutionHybrid8XDC(nnx.Module):  # noqa: N801 (official class name)
+  """The head-only EG3D SR of stages 1–2 (`sr_type: vanilla`; TRAINING §1.0, MODEL.md §1): block0 (r → 2r) and
+  block1 (2r → 4r), both StyleGAN2 'skip' blocks configured as the HTB-SR's block0/block1, with the official
+  all-ones ws. The defaults are the released sizes (32 → 256 → 128 channels, 128 → 256 → 512); smaller
+  `channels`/`input_resolution`/`w_dim` give the CPU stand-ins of the `tiny` configs.
+
+  Children mirror the torch keys below `superresolution.`: `block0.*`, `block1.*` and the top-level
+  `resample_filter` buffer (registered, unused in the forward).
+  """
+
+  def __init__(self, in_channels: int = 32, channels: tuple[int, int] = (256, 128), *,
+               input_resolution: int = INPUT_RESOLUTION, w_dim: int = W_DIM, sr_antialias: bool = True,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.input_resolution, self.w_dim, self.sr_antialias = input_resolution, w_dim, sr_antialias
+    kw = dict(w_dim=w_dim, img_channels=3, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.block0 = SynthesisBlock(in_channels, channels[0], resolution=2 * input_resolution, **kw)
+    self.block1 = SynthesisBlock(channels[0], channels[1], resolution=4 * input_resolution, **kw)
+    self.resample_filter = Buffer(jnp.asarray(setup_filter()), torch_layout="none")
+
+  @property
+  def output_resolution(self) -> int:
+    return 4 * self.input_resolution
+
+  def __call__(self, rgb: Array, x: Array, *, ws: Array | None = None) -> Array:
+    """rgb [B,r,r,3] (unclamped raw rgb), x [B,r,r,C] (the feature image) -> SR image [B,4r,4r,3], unclamped
+    (the caller clamps, as the official generator does). ws: [1 or B,3,w_dim], default ones (one row serves
+    the whole batch: shared kernels)."""
+    _check("rgb", rgb, (None, None, None, 3))
+    if x.shape[1:3] != (self.input_resolution, self.input_resolution):
+      x = resize_bilinear(x, (self.input_resolution,) * 2, antialias=self.sr_antialias)
+      rgb = resize_bilinear(rgb, (self.input_resolution,) * 2, antialias=self.sr_antialias)
+    ws = jnp.ones((1, NUM_WS, self.w_dim), jnp.float32) if ws is None else ws
+    x, img = self.block0(x, rgb.astype(jnp.float32), ws)
+    _, img = self.block1(x, img, ws)
+    return img
 
 
 def from_state_dict(sd, *, prefix: str = "superresolution.", with_torso: bool = True, dtype=jnp.float32,

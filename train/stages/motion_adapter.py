@@ -1,12 +1,23 @@
 """Stage 2, the motion adapter (TRAINING §1.3, §2.3): model assembly and the G loss as a pure function.
 
-Children mirror the official prefixes: `cano_img2plane_backbone`, `secc_img2plane_backbone`, `decoder`
-(and `superresolution` in `full`). In `tiny`, the canonical branch is `TinyImg2Plane` (defined here: the
-core Img2PlaneModel has no size option) and there is no SR: the raw-image (128-branch) losses only.
+Children mirror the official prefixes: `cano_img2plane_backbone`, `secc_img2plane_backbone`, `decoder` and,
+with `model.use_sr` (`full`, `tiny_sr`), `superresolution`: the head-only EG3D SR
+(`r3p.models.superres.SuperresolutionHybrid8XDC`, block0 r → 2r, block1 2r → 4r, all-ones ws; released 128 → 256
+→ 512 with the released `superresolution.block{0,1}.*` keys; `tiny_sr` 16 → 32 → 64 at small widths), optimiser
+group 'sr' (lr gated from `optim.sr_start`; with `two_stage_training` the only group that trains from
+`optim.start_adv`). In `tiny`/`tiny_sr` the canonical branch is `TinyImg2Plane` (defined here: the core
+Img2PlaneModel has no size option); `tiny` has no SR: the raw-image (render-resolution) losses only, lip crops
+from the raw image.
+
+Losses with SR (TRAINING §2.3): per branch, SR masked L1 + perceptual vs the data frame, raw masked L1 +
+perceptual vs its antialiased downsample, lip L1 + perceptual on crops of the SR image, opacity terms; the mv
+SR L1/perceptual terms are 0 from start_adv on (the released `disable_highreso_at_stage1` with two-stage
+training, [as released]); the ref (src2src) SR terms and the lip terms stay.
 
 The dual discriminator (`build_discriminator`, official top-level key `disc`) is a separate module trained by the
 trainer's D step; `g_loss(..., disc=D)` adds the non-saturating G terms and hands back this iteration's detached
-fakes and the reals for that D step (TRAINING §2.1.4, §2.3).
+fakes and the reals for that D step (TRAINING §2.1.4, §2.3). It judges SR ⊕ raw at the SR resolution (`tiny`,
+no SR: the raw render in both slots, at the render resolution).
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ from r3p.models.decoder import OSGDecoder
 from r3p.models.discriminator import DualDiscriminator
 from r3p.models.motion_adapter import SegFormerSECC2PlaneBackbone, fuse_planes
 from r3p.models.planes import to_planes
+from r3p.models.superres import SuperresolutionHybrid8XDC
 from r3p.nn.layers import Conv2d
 from r3p.nn.segformer import MiTConfig
 from r3p.render import triplane
@@ -60,8 +72,13 @@ class MotionAdapterModel(nnx.Module):
                     depths=tuple(m.mit_depths), sr_ratios=tuple(m.mit_sr_ratios))
     self.secc_img2plane_backbone = SegFormerSECC2PlaneBackbone(mit=mit, embedding_dim=m.head_dim, rngs=rngs)
     self.decoder = OSGDecoder(rngs=rngs)
+    if m.use_sr:
+      # The head-only EG3D SR (stage-2 `superresolution`, optimiser group 'sr'): render r -> 4r, ones ws.
+      self.superresolution = SuperresolutionHybrid8XDC(32, tuple(m.sr_block_channels),
+                                                       input_resolution=m.render_resolution,
+                                                       w_dim=m.sr_block_w_dim, rngs=rngs)
     lw = cfg.loss
-    if lw.lpips_raw > 0 or lw.lip_lpips > 0:
+    if lw.lpips_raw > 0 or lw.lip_lpips > 0 or (m.use_sr and lw.get("lpips", 0.0) > 0):
       # Frozen VGG19 + VGGFace (FrozenWeight, not nnx.Param: never optimised). Random init here; the released
       # weights are loaded by `load_pretrained` from `loss.vgg19_weights` / `loss.vggface_weights`.
       self.perceptual = perceptual_lib.PerceptualNets(width_div=lw.vgg_width_div, rngs=rngs)
@@ -76,12 +93,23 @@ class MotionAdapterModel(nnx.Module):
 
 
 def build_model(cfg, rngs: nnx.Rngs) -> MotionAdapterModel:
+  m = cfg.model
+  if m.use_sr and cfg.data.size != sr_resolution(cfg):
+    raise ValueError(f"the SR upsamples ×4: data.size ({cfg.data.size}) must be 4 × model.render_resolution "
+                     f"({m.render_resolution}) with model.use_sr")
   return MotionAdapterModel(cfg, rngs=rngs)
 
 
+def sr_resolution(cfg) -> int:
+  """The SR output resolution (4 × the render resolution; the released 128 -> 512)."""
+  return 4 * int(cfg.model.render_resolution)
+
+
 def d_resolution(cfg) -> int:
-  """The D's input resolution: `model.d_resolution`, 0 = the render resolution (no SR: `tiny`)."""
-  return int(cfg.model.d_resolution) or int(cfg.model.render_resolution)
+  """The D's input resolution: `model.d_resolution`, 0 = the G's output resolution (the SR's with
+  `model.use_sr`, else the render resolution: `tiny`)."""
+  m = cfg.model
+  return int(m.d_resolution) or (sr_resolution(cfg) if m.use_sr else int(m.render_resolution))
 
 
 def build_discriminator(cfg, rngs: nnx.Rngs) -> DualDiscriminator:
@@ -106,11 +134,12 @@ def _dilate_size(size: int) -> int:
   return k if k % 2 else k + 1
 
 
-def _raw_losses(model, cfg, raw, weights, img, head_mask, lm, prefix):
+def _raw_losses(model, cfg, raw, weights, img, head_mask, lm, prefix, lip=True):
   """Raw-image (render resolution) losses of one branch: masked L1, perceptual, lip crops, opacity terms.
 
   lm: [B,68,2] landmarks in [-1,1] image coordinates of the supervised frame (for the lip box). Without SR
-  (`tiny`) the lip crops come from the raw image (officially they come from the SR image)."""
+  (`tiny`) the lip crops come from the raw image (officially they come from the SR image: `lip=False` here
+  and `_sr_losses` takes them)."""
   m, lw = cfg.model, cfg.loss
   res = m.render_resolution
   mask = _resize(losses.basic.dilate(head_mask, _dilate_size(img.shape[1])), res, "nearest")
@@ -126,13 +155,42 @@ def _raw_losses(model, cfg, raw, weights, img, head_mask, lm, prefix):
   if lw.lpips_raw > 0:
     out[f"{prefix}_img_lpips_raw"] = perceptual_lib.perceptual_loss(model.perceptual, raw, gt, size=lw.lpips_size)
     total = total + lw.lpips_raw * out[f"{prefix}_img_lpips_raw"]
+  if lip and (lw.lip_mae > 0 or lw.lip_lpips > 0):
+    total = _lip_losses(model, cfg, raw, gt, lm, prefix, total, out)
+  return total, out
+
+
+def _lip_losses(model, cfg, pred, gt, lm, prefix, total, out):
+  """Adds the lip-crop L1 and perceptual terms (TRAINING §2.1.3) of `pred` vs `gt` (same resolution) to
+  `total` (returned; the terms are added one by one, in the order the raw path always used) and `out`."""
+  lw = cfg.loss
+  res = pred.shape[1]
+  boxes = lip_lib.lip_boxes(lip_lib.landmarks_to_pixels(lm, res, res), res, res)
+  out[f"{prefix}_img_lip_mae"], pc, tc = lip_lib.lip_mae(pred, gt, boxes, lw.lip_crop_size)
+  total = total + lw.lip_mae * out[f"{prefix}_img_lip_mae"]
+  if lw.lip_lpips > 0:
+    out[f"{prefix}_img_lip_lpips"] = perceptual_lib.perceptual_loss(model.perceptual, pc, tc, size=lw.lpips_size)
+    total = total + lw.lip_lpips * out[f"{prefix}_img_lip_lpips"]
+  return total
+
+
+def _sr_losses(model, cfg, sr, img, head_mask, lm, prefix, sr_on):
+  """SR-image losses of one branch (TRAINING §2.3): masked L1 (head mask dilated 41 px at 512, ×`mse`) and
+  perceptual (×`lpips`) vs the data frame at the SR resolution, both weighted (terms and metrics) by `sr_on`
+  (the mv branch's `disable_highreso_at_stage1` gate), and the lip crops from the SR image (not gated)."""
+  lw = cfg.loss
+  res = sr.shape[1]
+  gt = _resize(img, res)
+  mask = _resize(losses.basic.dilate(head_mask, _dilate_size(img.shape[1])), res, "nearest")
+  out = {f"{prefix}_img_mae": losses.masked_l1(sr, gt, mask, unmasked_weight=lw.unmasked_weight)}
+  gated = lw.mse * out[f"{prefix}_img_mae"]
+  if lw.lpips > 0:
+    out[f"{prefix}_img_lpips"] = perceptual_lib.perceptual_loss(model.perceptual, sr, gt, size=lw.lpips_size)
+    gated = gated + lw.lpips * out[f"{prefix}_img_lpips"]
+  out = {k: sr_on * v for k, v in out.items()}
+  total = sr_on * gated
   if lw.lip_mae > 0 or lw.lip_lpips > 0:
-    boxes = lip_lib.lip_boxes(lip_lib.landmarks_to_pixels(lm, res, res), res, res)
-    out[f"{prefix}_img_lip_mae"], pc, tc = lip_lib.lip_mae(raw, gt, boxes, lw.lip_crop_size)
-    total = total + lw.lip_mae * out[f"{prefix}_img_lip_mae"]
-    if lw.lip_lpips > 0:
-      out[f"{prefix}_img_lip_lpips"] = perceptual_lib.perceptual_loss(model.perceptual, pc, tc, size=lw.lpips_size)
-      total = total + lw.lip_lpips * out[f"{prefix}_img_lip_lpips"]
+    total = _lip_losses(model, cfg, sr, gt, lm, prefix, total, out)
   return total, out
 
 
@@ -145,8 +203,13 @@ def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, 
   src2src render (on src2src steps, `loss.ref_adv`) are added from step `optim.start_adv` on (weight 0 before:
   a `lax.cond` skips the D passes, so the loss is exactly the D-less one). `d_inputs` (r3p.losses.adversarial
   triples, detached) = reals {ref, mv}: the GT frames at the D resolution + their antialiased resize to the
-  render resolution; fakes {mv}: this iteration's mv render (resized to the D resolution for the SR slot, since
-  this stage has no SR branch).
+  render resolution; fakes {mv}: this iteration's mv SR image ⊕ raw render with `model.use_sr` (without SR,
+  `tiny`: the raw render resized to the D resolution fills the SR slot).
+
+  With `model.use_sr` (TRAINING §2.3): the SR image (both branches, one call) gets the masked L1 (`loss.mse`) and
+  perceptual (`loss.lpips`) terms vs the data frame, `{mv,ref}_img_mae` / `_img_lpips`, and the lip crops come
+  from it; the mv SR L1/perceptual terms (and their metrics) are 0 from `optim.start_adv` on
+  (`disable_highreso_at_stage1`). The raw terms stay as without SR.
 
   Compile-time economy (one static program, no lax.cond): the src2src branch and the lazy regularisers are
   computed every step and weighted by their schedule flag (0/1), which gives the official gradients on the
@@ -194,9 +257,24 @@ def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, 
   lm = jax.vmap(synthetic.landmarks68)
   lm_tgt = lm(batch["ident"], batch["tgt_expr"], batch["tgt_yaw"])[..., :2]
   lm_ref = lm(batch["ident"], batch["ref_expr"], batch["ref_yaw"])[..., :2]
-  total, metrics = _raw_losses(model, cfg, raw[:b], w[:b], batch["tgt_img"], batch["tgt_head_mask"], lm_tgt, "mv")
+  use_sr = bool(m.use_sr)
+  total, metrics = _raw_losses(model, cfg, raw[:b], w[:b], batch["tgt_img"], batch["tgt_head_mask"], lm_tgt, "mv",
+                               lip=not use_sr)
   ref_total, ref_metrics = _raw_losses(model, cfg, raw[b:], w[b:], batch["ref_img"], batch["ref_head_mask"],
-                                       lm_ref, "ref")
+                                       lm_ref, "ref", lip=not use_sr)
+  if use_sr:
+    # One SR call for both branches (ones ws, no noise); the output is clamped as the official `image`.
+    sr = jnp.clip(model.superresolution(raw, r["feature_image"]), -1.0, 1.0)
+    # `disable_highreso_at_stage1` + two-stage: the mv SR L1/perceptual terms are 0 from start_adv on.
+    mv_sr_on = (step < cfg.optim.start_adv).astype(jnp.float32)
+    sr_total, sr_metrics = _sr_losses(model, cfg, sr[:b], batch["tgt_img"], batch["tgt_head_mask"], lm_tgt, "mv",
+                                      mv_sr_on)
+    ref_sr_total, ref_sr_metrics = _sr_losses(model, cfg, sr[b:], batch["ref_img"], batch["ref_head_mask"],
+                                              lm_ref, "ref", jnp.ones((), jnp.float32))
+    total = total + sr_total
+    ref_total = ref_total + ref_sr_total
+    metrics.update(sr_metrics)
+    ref_metrics.update(ref_sr_metrics)
   ref_on = (step % lw.src2src_interval == 0).astype(jnp.float32)
   total = total + ref_on * ref_total
   metrics.update({k: ref_on * v for k, v in ref_metrics.items()})
@@ -222,8 +300,10 @@ def g_loss(model: MotionAdapterModel, cfg, batch: dict[str, Array], key: Array, 
     return total, (metrics, new_lambdas)
 
   d_res, res = d_resolution(cfg), m.render_resolution
-  fake_mv = (_resize(raw[:b], d_res), raw[:b], batch["tgt_camera"])
-  fake_ref = (_resize(raw[b:], d_res), raw[b:], batch["ref_camera"])
+  # The D's SR slot: the SR image with use_sr (the dual D judges SR ⊕ raw), else the raw render resized.
+  g_img = sr if use_sr else raw
+  fake_mv = (_resize(g_img[:b], d_res), raw[:b], batch["tgt_camera"])
+  fake_ref = (_resize(g_img[b:], d_res), raw[b:], batch["ref_camera"])
   k_mv, k_ref = jax.random.split(jax.random.fold_in(key, adversarial.G_ADV_SALT))
   d_graph, d_state = nnx.split(disc)
 
