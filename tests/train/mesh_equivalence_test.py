@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 
 from r3p import parallel
-from r3p.data import pipeline
 from tests.train.common import micro_config
-from train.loop import make_source
+from train.sensitivity import run_steps
 from train.state import Trainer
 
 STEPS = 20
@@ -35,18 +34,7 @@ def _losses(mesh_shape, devices):
   # this 2-mesh compile small).
   cfg = micro_config(**{"loss.lpips_raw": 0.0, "loss.lip_lpips": 0.0, "loss.lip_mae": 0.0, "optim.lr_g": 1e-4})
   mesh = parallel.make_mesh(mesh_shape, devices)
-  tr = Trainer(cfg, mesh)
-  state = tr.init_state()
-  it = iter(pipeline.make_dataset(make_source(cfg), global_batch=cfg.data.global_batch, seed=cfg.seed))
-  out = []
-  step = None
-  for _ in range(STEPS):
-    b = next(it)
-    if step is None:
-      step = tr.make_step({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items()})
-    state, m = step(state, parallel.shard_batch(b, mesh))
-    out.append(float(jax.device_get(m["loss/total"])))
-  return np.array(out)
+  return run_steps(Trainer(cfg, mesh), cfg, mesh, STEPS)
 
 
 @pytest.mark.slow
@@ -56,3 +44,14 @@ def test_8_devices_equal_1_device():
   print("1 device:", one)
   print("8 devices:", eight)
   np.testing.assert_allclose(eight, one, rtol=1e-5)
+
+
+def test_sensitivity_imports_beside_train_main():
+  # The shared step loop is imported by tests; train.sensitivity must register its flags only as a program
+  # (both define --config: an import-time definition raises DuplicateFlagError next to train.main).
+  import importlib
+
+  from absl import flags
+  importlib.import_module("train.main")
+  importlib.import_module("train.sensitivity")
+  assert "perturb_seed" not in flags.FLAGS
