@@ -15,7 +15,8 @@ I2P, decoder and SR. Variants:
          (`r3p.models.superres.SuperresolutionHybrid8XDC`, 16 → 32 → 64, channels 16/8, w_dim 16, ones ws) to
          the 64² data; SR masked L1 / perceptual (at 64²) / lip crops from the SR image, raw masked L1 /
          perceptual at 16², the D (tiny size) at 64² on SR ⊕ raw. The released two-stage phase applies: from
-         start_adv (200) only the SR trains, and the mv SR L1/perceptual terms are 0.
+         start_adv (200) only the SR trains, and the mv SR L1/perceptual terms are 0. Measured: 200 steps in
+         7.2 min wall (compile included) on 2 loaded cores, total loss 1.71 (step 10) -> 0.49 (step 200).
   full — the released sizes (I2P, MiT-b0, OSGDecoder, 128² × 48+48 render, the head-only SR 128 → 256 → 512
          with channels 256/128, w_dim 512, `superresolution.block{0,1}.*` as the released keys), batch 1 per
          device, released schedule (lr 1e-4, warmup 4000, ×0.95 / 5k, floor 5e-6, SR from 30k, max 250k), the
