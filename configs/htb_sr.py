@@ -12,7 +12,10 @@ Discriminator: the `tiny` / released (`full`) DualDiscriminator size at the SR o
 trained from start_adv − d_lead (tiny 30, full 30k), G adversarial from start_adv (tiny 40, full 40k).
 Data: `--config.data.name=array_record:DIR` trains on a dataset built by `python -m r3p.data.build --out DIR`.
 Head weights: `--config.init_from=WORKDIR` names a motion-adapter run whose last checkpoint gives the head
-(see train/stages/htb_sr.py `load_head`); empty = random head (the tiny smoke run).
+(see train/stages/htb_sr.py `load_head`); empty = random head (the tiny smoke run). If that run has an SR
+branch (`motion_adapter.py:tiny_sr` or `full`), its head SR blocks (`superresolution.block0/1`) start this
+stage's SR, as officially (`load_sr_blocks`; the torso/background/fusion parts start at init). `tiny_sr`'s blocks
+are 16/8 wide: add `--config.model.sr_channels=16` to the `tiny` run that starts from it.
 Ablations: `:tiny,ablation=no_lip` (lip loss off), `:tiny,ablation=no_src2src` (src2tgt branch only).
 """
 from __future__ import annotations

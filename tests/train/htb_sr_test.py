@@ -193,6 +193,43 @@ def test_load_head_from_a_stage2_checkpoint(tmp_path):
     htb_sr.load_head(rest, str(tmp_path / "none"))
 
 
+def test_load_sr_blocks_copies_the_stage2_head_sr():
+  rng = np.random.default_rng(1)
+  live = {"superresolution": {"block0": {"w": jnp.zeros((2, 3))}, "block1": {"w": jnp.zeros((4,))},
+                              "bg_encoder": {"w": jnp.zeros((5,))}}, "other": jnp.ones(2)}
+  src = {"superresolution": {"block0": {"w": rng.normal(size=(2, 3)).astype(np.float32)},
+                             "block1": {"w": rng.normal(size=(4,)).astype(np.float32)}}}
+  out, names = htb_sr.load_sr_blocks(live, src)
+  assert names == ["block0", "block1"]
+  np.testing.assert_array_equal(out["superresolution"]["block0"]["w"], src["superresolution"]["block0"]["w"])
+  np.testing.assert_array_equal(out["superresolution"]["block1"]["w"], src["superresolution"]["block1"]["w"])
+  np.testing.assert_array_equal(out["superresolution"]["bg_encoder"]["w"], np.zeros(5))   # new parts stay at init
+  np.testing.assert_array_equal(out["other"], np.ones(2))
+  same, none = htb_sr.load_sr_blocks(live, {"decoder": {}})          # a stage-2 run without SR: nothing copied
+  assert none == [] and same is live
+  src["superresolution"]["block1"]["w"] = np.zeros((3,), np.float32)
+  with pytest.raises(ValueError, match=r"superresolution.block1.w has shape \(3,\), expected \(4,\)"):
+    htb_sr.load_sr_blocks(live, src)
+
+
+def test_tiny_sr_blocks_fit_the_tiny_htb_sr_at_its_widths():
+  """`configs/motion_adapter.py:tiny_sr` -> `configs/htb_sr.py:tiny --config.model.sr_channels=16`: the head SR
+  blocks have the same names and shapes, so `init_from` carries them over."""
+  from configs import motion_adapter as ma_cfg
+  from train.stages import motion_adapter
+
+  def shapes(model):
+    flat = nnx.to_flat_state(nnx.state(model.superresolution, nnx.Param))
+    return {k: v.get_value().shape for k, v in flat if str(k[0]) in htb_sr.SR_BLOCKS}
+
+  ma = nnx.eval_shape(lambda: motion_adapter.build_model(ma_cfg.get_config("tiny_sr"), nnx.Rngs(0)))
+  hcfg = htb_cfg.get_config("tiny")
+  hcfg.model.sr_channels = 16
+  htb = nnx.eval_shape(lambda: htb_sr.build_model(hcfg, nnx.Rngs(0)))
+  a, b = shapes(ma), shapes(htb)
+  assert a and a == b, sorted(set(a.items()) ^ set(b.items()))[:6]
+
+
 def test_main_runs_the_stage_load_pretrained_hook_once():
   import types
 

@@ -240,11 +240,10 @@ def init_lambdas(cfg) -> dict[str, Any]:
   return {}
 
 
-def load_head(rest: dict, workdir: str) -> dict:
-  """The frozen head from a motion-adapter run: its latest checkpoint's params and BatchNorm statistics of
-  `cano_img2plane_backbone`, `secc_img2plane_backbone`, `decoder` replace those in `rest` (this stage's
-  non-trainable state), each leaf placed with the sharding of the leaf it replaces. Shapes must match (same
-  variant); a missing or extra key raises naming it."""
+SR_BLOCKS = ("block0", "block1")   # the head SR blocks the official stage 3 takes from the stage-2 SR
+
+
+def _latest_state(workdir: str) -> tuple[int, dict]:
   import os
 
   import orbax.checkpoint as ocp
@@ -252,7 +251,39 @@ def load_head(rest: dict, workdir: str) -> dict:
   step = Checkpointer(os.path.join(workdir, "ckpt")).latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from: no checkpoint under {os.path.join(workdir, 'ckpt')}")
-  saved = ocp.StandardCheckpointer().restore(os.path.join(workdir, "ckpt", str(step), "state"))
+  return step, ocp.StandardCheckpointer().restore(os.path.join(workdir, "ckpt", str(step), "state"))
+
+
+def _norm(path) -> tuple:  # list indices may come back from Orbax as '0' where the live tree has 0
+  return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _fill(live, src, label: str):
+  """`live` (a pytree of arrays) with every leaf replaced by the leaf of `src` at the same path, cast to the live
+  dtype and placed with the live sharding. A missing path raises KeyError, a shape mismatch ValueError, both
+  naming the key (`label` prefixes it)."""
+  want = jax.tree_util.tree_leaves_with_path(live)
+  got = {_norm(p): v for p, v in jax.tree_util.tree_leaves_with_path(src)}
+  missing = [".".join(_norm(p)) for p, _ in want if _norm(p) not in got]
+  if missing:
+    raise KeyError(f"{label} lacks {missing[:3]}")
+
+  def put(path, leaf):
+    v = got[_norm(path)]
+    if tuple(v.shape) != tuple(leaf.shape):
+      raise ValueError(f"{label}.{'.'.join(_norm(path))} has shape {tuple(v.shape)}, "
+                       f"expected {tuple(leaf.shape)}")
+    return jax.device_put(jnp.asarray(v, leaf.dtype), leaf.sharding)
+
+  return jax.tree_util.tree_map_with_path(put, live)
+
+
+def load_head(rest: dict, workdir: str, saved: tuple[int, dict] | None = None) -> dict:
+  """The frozen head from a motion-adapter run: its latest checkpoint's params and BatchNorm statistics of
+  `cano_img2plane_backbone`, `secc_img2plane_backbone`, `decoder` replace those in `rest` (this stage's
+  non-trainable state), each leaf placed with the sharding of the leaf it replaces. Shapes must match (same
+  variant); a missing or extra key raises naming it. `saved`: an already restored (step, state)."""
+  step, saved = saved or _latest_state(workdir)
 
   def merge(a, b):
     out = dict(a)
@@ -260,33 +291,40 @@ def load_head(rest: dict, workdir: str) -> dict:
       out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-  def norm(path):  # list indices may come back from Orbax as '0' where the live tree has 0
-    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
   new = dict(rest)
   for name in HEAD:
     src = merge(saved["params"].get(name, {}), saved.get("rest", {}).get(name, {}))
-    want = jax.tree_util.tree_leaves_with_path(rest[name])
-    got = {norm(p): v for p, v in jax.tree_util.tree_leaves_with_path(src)}
-    missing = [".".join(norm(p)) for p, _ in want if norm(p) not in got]
-    if missing:
-      raise KeyError(f"init_from {workdir} (step {step}): {name} lacks {missing[:3]}")
-    def put(path, leaf):
-      v = got[norm(path)]
-      if tuple(v.shape) != tuple(leaf.shape):
-        raise ValueError(f"init_from: {name}.{'.'.join(norm(path))} has shape {tuple(v.shape)}, "
-                         f"expected {tuple(leaf.shape)}")
-      return jax.device_put(jnp.asarray(v, leaf.dtype), leaf.sharding)
-    new[name] = jax.tree_util.tree_map_with_path(put, rest[name])
+    new[name] = _fill(rest[name], src, f"init_from {workdir} (step {step}): {name}")
   return new
 
 
+def load_sr_blocks(params: dict, saved_params: dict, label: str = "init_from") -> tuple[dict, list[str]]:
+  """The head SR blocks (`superresolution.block0`, `.block1`) from a stage-2 run that has an SR branch
+  (`model.use_sr`), as the official stage 3 loads the stage-2 SR non-strictly: the torso/background/fusion parts
+  stay at their init. Returns (params, names of the blocks copied); a stage-2 run without SR copies none. A block
+  present in both with another shape raises (as torch's non-strict load does)."""
+  src_sr, live_sr = saved_params.get("superresolution", {}), params.get("superresolution", {})
+  names = [b for b in SR_BLOCKS if b in src_sr and b in live_sr]
+  if not names:
+    return params, []
+  sr = dict(live_sr)
+  for b in names:
+    sr[b] = _fill(live_sr[b], src_sr[b], f"{label}: superresolution.{b}")
+  return dict(params, superresolution=sr), names
+
+
 def load_pretrained(cfg, state: dict, trainer=None) -> dict:
-  """After a from-scratch init (not on resume): load the frozen head when `cfg.init_from` names a
-  motion-adapter workdir."""
+  """After a from-scratch init (not on resume), when `cfg.init_from` names a motion-adapter workdir: the frozen
+  head (`load_head`) and, if that run trained an SR, the head SR blocks (`load_sr_blocks`)."""
   del trainer
   if cfg.get("init_from"):
-    state = dict(state, rest=load_head(state["rest"], cfg.init_from))
+    step, saved = _latest_state(cfg.init_from)
+    state = dict(state, rest=load_head(state["rest"], cfg.init_from, (step, saved)))
+    params, copied = load_sr_blocks(state["params"], saved["params"], f"init_from {cfg.init_from} (step {step})")
+    state = dict(state, params=params)
+    print(f"init_from {cfg.init_from} (step {step}): head loaded; head SR blocks "
+          + (f"{', '.join(copied)} loaded" if copied else "not in that run (no SR branch): they start at init"),
+          flush=True)
   return state
 
 
