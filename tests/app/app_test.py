@@ -218,15 +218,21 @@ def _wait(drv, fn, timeout=300):
   return WebDriverWait(drv, timeout, poll_frequency=1).until(lambda d: fn(d))
 
 
+def _open_and_upload(drv, url, src, aud):
+  """Load the page, wait for it, and put `src` / `aud` into the image and audio inputs (uploads given 3 s)."""
+  from selenium.webdriver.common.by import By
+  drv.get(url)
+  _wait(drv, lambda d: d.find_elements(By.ID, "generate"), 60)
+  _upload(drv, "src_img", src)
+  _upload(drv, "drv_aud", aud)
+  time.sleep(3)  # let the uploads finish
+
+
 def test_browser_generate_and_bad_file(server, assets, tmp_path):
   from selenium.webdriver.common.by import By
   drv = _chrome()
   try:
-    drv.get(server["url"])
-    _wait(drv, lambda d: d.find_elements(By.ID, "generate"), 60)
-    _upload(drv, "src_img", assets["src"])
-    _upload(drv, "drv_aud", assets["aud"])
-    time.sleep(3)  # let the uploads finish
+    _open_and_upload(drv, server["url"], assets["src"], assets["aud"])
     drv.find_element(By.ID, "generate").click()
     src = _wait(drv, lambda d: [v.get_attribute("src") for v in d.find_elements(By.CSS_SELECTOR, "#result video")
                                 if v.get_attribute("src")])[0]
@@ -240,14 +246,10 @@ def test_browser_generate_and_bad_file(server, assets, tmp_path):
     info = video.probe(out)
     assert info["video_frames"] == MAX_FRAMES and info["has_audio"], info
     # A bad file: the page shows a sentence, not a stack trace.
-    drv.get(server["url"])
-    _wait(drv, lambda d: d.find_elements(By.ID, "generate"), 60)
     bad = tmp_path / "bad.png"
     import cv2
     cv2.imwrite(str(bad), np.full((256, 256, 3), 128, np.uint8))  # a valid image without a face
-    _upload(drv, "src_img", bad)
-    _upload(drv, "drv_aud", assets["aud"])
-    time.sleep(3)
+    _open_and_upload(drv, server["url"], bad, assets["aud"])
     drv.find_element(By.ID, "generate").click()
     msg = _wait(drv, lambda d: "Error" in d.find_element(By.ID, "status").text
                 and d.find_element(By.ID, "status").text, 120)
@@ -266,11 +268,7 @@ def test_browser_stop_button(long_server, assets):
   rec, work = long_server["rec"], long_server["work"]
   drv = _chrome()
   try:
-    drv.get(long_server["url"])
-    _wait(drv, lambda d: d.find_elements(By.ID, "generate"), 60)
-    _upload(drv, "src_img", assets["src"])
-    _upload(drv, "drv_aud", assets["aud"])
-    time.sleep(3)
+    _open_and_upload(drv, long_server["url"], assets["src"], assets["aud"])
     n0, closed0 = len(rec.rendered), rec.closed_early
     drv.find_element(By.ID, "generate").click()
     _wait(drv, lambda d: "Rendering" in d.find_element(By.ID, "status").text, 300)
