@@ -4,8 +4,9 @@ from __future__ import annotations
 from configs import common, motion_adapter
 
 
-def micro_config(**overrides):
-  cfg = motion_adapter.get_config("tiny")
+def micro_config(variant: str = "tiny", **overrides):
+  """The motion-adapter `variant` (`tiny`, `tiny_sr`) at micro sizes, then `overrides` ({"a.b": value})."""
+  cfg = motion_adapter.get_config(variant)
   cfg.data.size = 32
   cfg.data.global_batch = 8
   cfg.data.n_items = 64

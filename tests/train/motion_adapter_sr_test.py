@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, motion_adapter
+from configs import motion_adapter
 from r3p import parallel
 from r3p.convert.torch_to_nnx import export_state_dict
 from r3p.data import pipeline
 from r3p.models.superres import SuperresolutionHybrid8XDC
+from tests.train.common import micro_config
 from train.loop import make_source
 from train.stages import motion_adapter as ma
 from train.state import Trainer
@@ -23,18 +24,9 @@ START_ADV = 16   # a src2src step (step % 16 == 0), so the ref SR terms are on a
 
 
 def micro_sr_config(**overrides):
-  cfg = motion_adapter.get_config("tiny_sr")
-  cfg.data.size = 32
-  cfg.data.global_batch = 2
-  cfg.data.n_items = 64
-  cfg.model.render_resolution = 8
-  cfg.model.n_coarse = 6
-  cfg.model.n_fine = 6
-  cfg.loss.lpips_size = 32
-  cfg.optim.start_adv = START_ADV
-  cfg.progress = False
-  cfg.async_checkpointing = False
-  return common.apply_overrides(cfg, overrides)
+  # tests.train.common's micro sizes with the SR variant: render 8², SR 8 -> 16 -> 32 = data 32², batch 2.
+  return micro_config("tiny_sr", **{"data.global_batch": 2, "model.render_resolution": 8, "loss.lpips_size": 32,
+                                    "optim.start_adv": START_ADV, **overrides})
 
 
 def _batch(cfg):
